@@ -1,0 +1,334 @@
+"""config.ini into typed, frozen settings; every problem named by section and key.
+
+A config error is the one failure a restart cannot fix, so it ends the process with
+EX_CONFIG (78), which the unit's RestartPreventExitStatus= turns into a plain `failed`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/tibber-agent/config.ini")
+EX_CONFIG = 78
+RULE_PREFIX = "$aws/rules/ingest_tibber_bridge_data/"
+
+
+class ConfigError(Exception):
+    """One line: where, which key, what is wrong."""
+
+    def __init__(self, section: str, key: str, problem: str) -> None:
+        where = f"[{section}] {key}" if key else f"[{section}]"
+        super().__init__(f"{where}: {problem}")
+        self.section, self.key = section, key
+
+
+@dataclass(frozen=True)
+class MeterSettings:
+    port: str = "/dev/ttyUSB0"
+    baudrate: int = 9600
+    stale_after: float = 10.0
+
+
+@dataclass(frozen=True)
+class TibberSettings:
+    mqtt_url: str
+    uid: str
+    bridge_id: str
+    eui: str
+    ca_cert: Path
+    certificate: Path
+    private_key: Path
+    mqtt_port: int = 8883
+    client_id: str = ""
+    mqtt_topic: str = ""
+    keepalive: int = 60
+    obis_interval: float = 2.0
+    bridge_metric_interval: float = 120.0
+    node_metric_interval: float = 300.0
+    bridge_metrics_template: dict[str, Any] | None = None
+    node_metrics_template: dict[str, Any] | None = None
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.client_id or self.bridge_id
+
+    @property
+    def publish_base(self) -> str:
+        if not self.mqtt_topic:
+            return f"{RULE_PREFIX}tibber-bridge/{self.uid}/publish"
+        if self.mqtt_topic.startswith("$aws/"):
+            return self.mqtt_topic
+        return RULE_PREFIX + self.mqtt_topic
+
+    @property
+    def receive_topic(self) -> str:
+        return f"tibber-bridge/{self.uid}/receive"
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    topic: str = "/ebz/raw"
+    username: str = ""
+    password: str = ""
+    ca_cert: Path | None = None
+
+
+@dataclass(frozen=True)
+class LedSettings:
+    enabled: bool = True
+    gpio: int = 17
+    active_high: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    meter: MeterSettings
+    tibber: TibberSettings | None  # None only where no uplink is wanted (monitor)
+    mirror: MirrorSettings
+    led: LedSettings
+
+
+# ---------------------------------------------------------------- value parsers
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_TOPIC_CHARS = re.compile(r"[^\s#+]+")
+
+
+def _hex(digits: str) -> Callable[[str], str]:
+    lengths = [int(n) for n in digits.split(",")]
+    pattern = re.compile(r"[0-9a-fA-F]+")
+
+    def parse(v: str) -> str:
+        if not pattern.fullmatch(v) or len(v) not in lengths:
+            want = " or ".join(map(str, lengths))
+            raise ValueError(f"must be {want} hex digits, got {v!r} ({len(v)} characters)")
+        return v
+
+    return parse
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {v!r}") from None
+        if not lo <= n <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {n}")
+        return n
+
+    return parse
+
+
+def _seconds(lo: float, hi: float, *, zero_ok: bool = False) -> Callable[[str], float]:
+    def parse(v: str) -> float:
+        try:
+            x = float(v)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {v!r}") from None
+        if not math.isfinite(x) or not (lo <= x <= hi or (zero_ok and x == 0)):
+            low = "0 or " + str(lo) if zero_ok else str(lo)
+            raise ValueError(f"must be between {low} and {hi} seconds, got {v}")
+        return x
+
+    return parse
+
+
+def _bool(v: str) -> bool:
+    low = v.lower()
+    if low in ("1", "yes", "true", "on"):
+        return True
+    if low in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {v!r}")
+
+
+def _host(v: str) -> str:
+    if "://" in v or (":" in v and not v.startswith("[")) or "/" in v:
+        raise ValueError(f"must be a bare host name (no scheme, port or path), got {v!r}")
+    if not _HOST.fullmatch(v):
+        raise ValueError(f"is not a valid host name: {v!r}")
+    return v
+
+
+def _topic(v: str) -> str:
+    if not _TOPIC_CHARS.fullmatch(v) or v.endswith("/"):
+        raise ValueError(f"must be an MQTT topic without spaces, + or # and no trailing /: {v!r}")
+    return v
+
+
+def _client_id(v: str) -> str:
+    if not re.fullmatch(r"[\x21-\x7e]{1,128}", v):
+        raise ValueError(f"must be 1-128 printable characters without spaces, got {v!r}")
+    return v
+
+
+def _text(v: str) -> str:
+    return v
+
+
+def _port_name(v: str) -> str:
+    if any(c.isspace() for c in v):
+        raise ValueError(f"must be a device path or pyserial URL without spaces, got {v!r}")
+    return v
+
+
+# Section -> key -> (parser, default or REQUIRED). The annotated config.ini carries the docs.
+REQUIRED = object()
+_SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
+    "meter": {
+        "port": (_port_name, "/dev/ttyUSB0"),
+        "baudrate": (_int(300, 115200), 9600),
+        "stale_after": (_seconds(1, 3600), 10.0),
+    },
+    "tibber": {
+        "mqtt_url": (_host, REQUIRED),
+        "mqtt_port": (_int(1, 65535), 8883),
+        "ca_cert": (_text, "ca.pem"),
+        "certificate": (_text, "certificate.pem"),
+        "private_key": (_text, "private.key"),
+        "uid": (_hex("32"), REQUIRED),
+        "bridge_id": (_hex("12,13"), REQUIRED),
+        "eui": (_hex("16"), REQUIRED),
+        "client_id": (_client_id, ""),
+        "mqtt_topic": (_topic, ""),
+        "keepalive": (_int(1, 1200), 60),
+        "obis_interval": (_seconds(0.1, 3600, zero_ok=True), 2.0),
+        "bridge_metric_interval": (_seconds(1, 86400), 120.0),
+        "node_metric_interval": (_seconds(1, 86400), 300.0),
+        "bridge_metrics_template": (_text, ""),
+        "node_metrics_template": (_text, ""),
+    },
+    "mirror": {
+        "enabled": (_bool, False),
+        "host": (_host, "localhost"),
+        "port": (_int(1, 65535), 1883),
+        "topic": (_topic, "/ebz/raw"),
+        "username": (_text, ""),
+        "password": (_text, ""),
+        "ca_cert": (_text, ""),
+    },
+    "led": {
+        "enabled": (_bool, True),
+        "gpio": (_int(0, 27), 17),
+        "active_high": (_bool, True),
+    },
+}
+
+
+def load(path: Path, *, need_tibber: bool = True) -> Settings:
+    """Read and validate config.ini. Raises ConfigError naming the first problem."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    try:
+        with path.open(encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        raise ConfigError("config", "", f"{path} does not exist") from None
+    except PermissionError:
+        raise ConfigError("config", "", f"{path} is not readable by this user") from None
+    except (configparser.Error, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError("config", "", f"{path} cannot be parsed: {first}") from None
+
+    for section in parser.sections():
+        if section not in _SCHEMA:
+            raise ConfigError(section, "", f"unknown section (known: {', '.join(_SCHEMA)})")
+        for key in parser[section]:
+            if key not in _SCHEMA[section]:
+                raise ConfigError(section, key, "unknown key")
+
+    values = {s: _section(parser, s) for s in _SCHEMA}
+    base = path.parent
+    meter = MeterSettings(**values["meter"])
+
+    tibber: TibberSettings | None = None
+    if need_tibber:
+        t = values["tibber"]
+        for key, (_, default) in _SCHEMA["tibber"].items():
+            if default is REQUIRED and t[key] is REQUIRED:
+                raise ConfigError("tibber", key, "is required but empty")
+        for key in ("ca_cert", "certificate", "private_key"):
+            if not t[key]:
+                raise ConfigError("tibber", key, "is required but empty")
+            t[key] = _resolve(base, t[key])
+        for key in ("bridge_metrics_template", "node_metrics_template"):
+            t[key] = _template(base, key, t[key]) if t[key] else None
+        tibber = TibberSettings(**t)
+
+    m = values["mirror"]
+    m["ca_cert"] = _resolve(base, m["ca_cert"]) if m["ca_cert"] else None
+    if m["password"] and not m["username"]:
+        raise ConfigError("mirror", "password", "is set but username is empty")
+    mirror = MirrorSettings(**m)
+    led = LedSettings(**values["led"])
+    return Settings(path=path, meter=meter, tibber=tibber, mirror=mirror, led=led)
+
+
+def _section(parser: configparser.ConfigParser, section: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    raw = parser[section] if parser.has_section(section) else {}
+    for key, (parse, default) in _SCHEMA[section].items():
+        text = raw.get(key, "").strip() if raw else ""
+        if not text:
+            out[key] = default
+            continue
+        try:
+            out[key] = parse(text)
+        except ValueError as e:
+            raise ConfigError(section, key, str(e)) from None
+    return out
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _template(base: Path, key: str, value: str) -> dict[str, Any]:
+    path = _resolve(base, value)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError("tibber", key, f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError("tibber", key, f"{path} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("tibber", key, f"{path} must hold a JSON object")
+    return doc
+
+
+def check_files(tibber: TibberSettings) -> None:
+    """The credential files exist, are readable, and the key is private. Raises ConfigError."""
+    for key in ("ca_cert", "certificate", "private_key"):
+        path: Path = getattr(tibber, key)
+        try:
+            with path.open("rb") as f:
+                head = f.read(4096)
+        except FileNotFoundError:
+            raise ConfigError("tibber", key, f"{path} does not exist") from None
+        except PermissionError:
+            raise ConfigError("tibber", key, f"{path} is not readable by this user") from None
+        except IsADirectoryError:
+            raise ConfigError("tibber", key, f"{path} is a directory") from None
+        if b"-----BEGIN " not in head:
+            raise ConfigError("tibber", key, f"{path} is not a PEM file")
+    mode = os.stat(tibber.private_key).st_mode
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise ConfigError(
+            "tibber",
+            "private_key",
+            f"{tibber.private_key} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+            "run: chmod 0640",
+        )

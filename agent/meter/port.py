@@ -1,0 +1,126 @@
+"""The IR head: open, read with timeouts, reopen. The only module that touches the port.
+
+Reads are sized so the kernel wakes the agent about twice per telegram, not once per USB
+packet: with VTIME=0, a tty reports itself readable only once VMIN bytes are waiting, so
+asking for "the rest of this telegram" (the framer knows its usual length) gives one
+wakeup per 255 bytes. A telegram that turns out shorter is collected by the read timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import termios
+from dataclasses import dataclass
+
+import serial
+
+log = logging.getLogger(__name__)
+
+# What a vanishing USB adapter or a swapped pty raises: pyserial wraps most errors, but
+# termios.error is not an OSError and a bare OSError escapes from some calls.
+PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, termios.error)
+
+VMIN_MAX = 255  # VMIN is a cc_t (unsigned char)
+CHAR_TIME = 10 / 9600  # seconds per character at 9600 baud, 7E1 (10 bits)
+
+
+class PortClosed(Exception):
+    """The port was closed from another thread (shutdown)."""
+
+
+@dataclass
+class PortStats:
+    opens: int = 0
+    failures: int = 0  # failed opens and read errors
+    bytes: int = 0
+
+
+class MeterPort:
+    """One open serial port. Create a new one to reopen (the path may have changed)."""
+
+    def __init__(self, url: str, baudrate: int) -> None:
+        # 8N1 on purpose: a 7E1 meter's parity bit arrives as bit 7 (see parity.py).
+        self._serial = serial.serial_for_url(
+            url,
+            baudrate=baudrate,
+            bytesize=serial.EIGHTBITS,
+            parity=serial.PARITY_NONE,
+            stopbits=serial.STOPBITS_ONE,
+            timeout=0,
+            exclusive=True if url.startswith("/") else None,
+            do_not_open=True,
+        )
+        self._serial.open()
+        self._fd: int | None = None
+        self._vmin = -1
+        fileno = getattr(self._serial, "fileno", None)
+        if fileno is not None:
+            with contextlib.suppress(Exception):
+                fd = fileno()
+                termios.tcgetattr(fd)  # a tty: we can size reads with VMIN
+                self._fd = fd
+        self._wake = getattr(self._serial, "pipe_abort_read_r", None)
+
+    def read(self, wanted: int, timeout: float) -> bytes:
+        """Bytes that arrived, waiting up to `timeout` for `wanted` of them.
+
+        Returns b"" on timeout with nothing received. Raises one of PORT_ERRORS when the
+        device is gone and PortClosed after close().
+        """
+        fd = self._fd
+        if fd is None:
+            return self._read_generic(wanted, timeout)
+        self._set_vmin(min(max(1, wanted), VMIN_MAX))
+        watch = [fd] if self._wake is None else [fd, self._wake]
+        ready, _, _ = select.select(watch, [], [], timeout)
+        if self._wake is not None and self._wake in ready:
+            raise PortClosed
+        if not ready:
+            self._set_vmin(0)  # take what is there, however little
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return b""
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                return b""
+            raise
+        if ready and not data:
+            # Readable but empty: the device went away (the same test pyserial makes).
+            raise serial.SerialException("device reports readiness to read but returned no data")
+        return data
+
+    def _read_generic(self, wanted: int, timeout: float) -> bytes:
+        """URLs without a file descriptor (socket://, rfc2217://): pyserial's own timeout."""
+        self._serial.timeout = timeout
+        first = self._serial.read(1)
+        if not first:
+            return b""
+        return first + self._serial.read(self._serial.in_waiting)
+
+    def _set_vmin(self, vmin: int) -> None:
+        if vmin == self._vmin or self._fd is None:
+            return
+        attrs = termios.tcgetattr(self._fd)
+        attrs[6][termios.VMIN] = vmin
+        attrs[6][termios.VTIME] = 0
+        termios.tcsetattr(self._fd, termios.TCSANOW, attrs)
+        self._vmin = vmin
+
+    def cancel(self) -> None:
+        """Wake a read() blocked in another thread; it raises PortClosed."""
+        with contextlib.suppress(Exception):
+            self._serial.cancel_read()
+
+    def close(self) -> None:
+        with contextlib.suppress(*PORT_ERRORS, Exception):
+            self._serial.close()
+
+
+def expected_read_time(wanted: int) -> float:
+    """How long `wanted` characters take on the wire, with a margin for USB latency."""
+    return wanted * CHAR_TIME * 1.1 + 0.05

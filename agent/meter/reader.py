@@ -1,0 +1,208 @@
+"""The meter thread: keeps the port open, feeds the pipeline, hands accepted telegrams on.
+
+It never needs a human: a missing device is retried, a vanished one reopened (the path is
+resolved anew each time, so a /dev/serial/by-id link that comes back works), and a port
+that stays open but silent is closed and reopened after `stale_after` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ..config import MeterSettings
+from ..schedule import Backoff
+from ..state import MeterHealth, MeterState
+from .pipeline import Pipeline, RejectionLog, Result
+from .port import PORT_ERRORS, MeterPort, PortClosed, expected_read_time
+from .telegram import Telegram
+from .validation import Outcome
+
+log = logging.getLogger(__name__)
+
+# Longest single wait for data: the supervisor sees the thread come back at least this
+# often, which is how the watchdog knows it is not stuck.
+IDLE_READ = 2.0
+# Nothing accepted for this long: say so in STATUS and on the LED (reopening waits for
+# stale_after).
+SILENT_AFTER = 5.0
+
+
+class Outlet(Protocol):
+    """Where accepted telegrams go: the Tibber uplink, the mirror, a printer."""
+
+    def telegram(self, t: Telegram, arrived: float) -> None: ...
+
+
+class MeterReader:
+    def __init__(
+        self,
+        settings: MeterSettings,
+        state: MeterState,
+        outlets: Sequence[Outlet],
+        pipeline: Pipeline | None = None,
+        on_change: Callable[[], None] = lambda: None,
+        on_result: Callable[[Result], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.outlets = list(outlets)
+        self.pipeline = pipeline or Pipeline()
+        self.rejections = RejectionLog()
+        self._on_change = on_change
+        self._on_result = on_result
+        self._clock = clock
+        self._stop = threading.Event()
+        self._port: MeterPort | None = None
+        self._thread: threading.Thread | None = None
+        self._held_at = 0.0
+        self._last_framed = 0.0
+        self.state.port = settings.port
+        self.state.heartbeat = clock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="meter", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        port = self._port
+        if port is not None:
+            port.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        backoff = Backoff(base=0.25, cap=2.0)
+        while not self._stop.is_set():
+            self.state.heartbeat = self._clock()
+            try:
+                port = MeterPort(self.settings.port, self.settings.baudrate)
+            except PORT_ERRORS as e:
+                self._set_health(MeterHealth.PORT_MISSING, _short(e))
+                backoff.failed()
+                self._stop.wait(min(backoff.delay(), IDLE_READ))
+                continue
+            self._port = port
+            log.info("meter: reading %s", self.settings.port)
+            accepted_before = self.state.accepted
+            try:
+                self._read(port)
+            except PortClosed:
+                break
+            except PORT_ERRORS as e:
+                self._set_health(MeterHealth.PORT_MISSING, _short(e))
+                log.warning("meter: %s lost (%s); reopening", self.settings.port, _short(e))
+            finally:
+                self._port = None
+                port.close()
+                self.pipeline.resync()
+            if self.state.accepted > accepted_before:
+                backoff.succeeded()
+            backoff.failed()
+            if self._stop.wait(backoff.delay()):
+                break
+        self._flush_rejections()
+
+    def _read(self, port: MeterPort) -> None:
+        opened = self._clock()
+        while not self._stop.is_set():
+            now = self._clock()
+            self.state.heartbeat = now
+            last_good = max(opened, self.state.last_accepted or opened)
+            if now - last_good >= self.settings.stale_after:
+                self._set_health(MeterHealth.NO_DATA, f"nothing valid for {now - last_good:.0f} s")
+                log.warning(
+                    "meter: no valid telegram for %.0f s; reopening %s",
+                    now - last_good,
+                    self.settings.port,
+                )
+                return
+            if now - last_good >= SILENT_AFTER:
+                if now - self._last_framed < SILENT_AFTER:
+                    self._set_health(MeterHealth.GARBLED, self._main_rejection())
+                else:
+                    self._set_health(MeterHealth.NO_DATA, "no data from the IR head")
+            wanted = self.pipeline.wanted()
+            if self.pipeline.framer.pending:
+                timeout = expected_read_time(min(wanted, 255))
+            else:
+                timeout = min(IDLE_READ, max(0.05, self.settings.stale_after - (now - last_good)))
+            data = port.read(wanted, timeout)
+            if data:
+                self.feed(data)
+            line = self.rejections.tick(self._clock())
+            if line:
+                log.warning("meter: %s", line)
+
+    def feed(self, data: bytes) -> None:
+        """Feed bytes through the pipeline and act on each result (also used by `demo`)."""
+        now = self._clock()
+        for result in self.pipeline.feed(data):
+            self._handle(result, now)
+
+    def _handle(self, result: Result, now: float) -> None:
+        s = self.state
+        s.telegrams_read += 1
+        self._last_framed = now
+        verdict = result.verdict
+        if self._on_result is not None:
+            self._on_result(result)
+        if verdict.outcome is Outcome.REJECTED:
+            s.rejected += 1
+            assert verdict.reason is not None
+            line = self.rejections.add(verdict.reason, now)
+            if line:
+                log.warning("meter: %s", line)
+            return
+        if verdict.outcome is Outcome.HELD:
+            self._held_at = now
+            return
+        if verdict.adopted:
+            log.warning("meter: adopted %s", verdict.adopted)
+        for t in verdict.publish:
+            arrived = self._held_at if t is not result.telegram else now
+            s.accepted += 1
+            s.last_accepted = now
+            volts = t.volts.get("32.7.0")
+            s.voltage = volts / 10 if volts is not None else None
+            for outlet in self.outlets:
+                outlet.telegram(t, arrived)
+        self._set_health(MeterHealth.OK, "")
+
+    def _main_rejection(self) -> str:
+        rejected = self.pipeline.validator.stats.rejected
+        if not rejected:
+            return "telegrams arrive but none is complete"
+        reason, _ = rejected.most_common(1)[0]
+        return f"telegrams rejected, mostly: {reason}"
+
+    def _flush_rejections(self) -> None:
+        line = self.rejections.flush(self._clock())
+        if line:
+            log.warning("meter: %s", line)
+
+    def _set_health(self, health: MeterHealth, detail: str) -> None:
+        s = self.state
+        if s.health is health and s.detail == detail:
+            return
+        if health is MeterHealth.OK:
+            log.info("meter: ok, telegrams accepted")
+        elif health is not s.health:
+            log.warning("meter: %s%s", health, f" ({detail})" if detail else "")
+        s.health, s.detail = health, detail
+        self._on_change()
+
+
+def _short(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0][:160]

@@ -1,0 +1,139 @@
+"""The one place that wires the agent together and watches it.
+
+It builds the workers from the settings, owns their threads, and runs on the main thread:
+it wakes on a state change, a signal, or when the next watchdog ping is due, never on a
+polling tick. It pings systemd's watchdog only while every worker shows progress (each
+worker stamps a heartbeat whenever a bounded wait returns), so a stuck worker gets the
+service restarted, while a silent meter or a dead internet connection, which a restart
+cannot fix, only shows in STATUS and on the LED.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from .config import Settings
+from .hostinfo import HostInfoReader
+from .led import StatusLed
+from .meter.reader import MeterReader
+from .mirror import Mirror
+from .mqtt import LinkState
+from .state import MeterState, Pattern, led_pattern, status_line
+from .systemd import Notifier
+from .tibber.uplink import TibberUplink
+
+log = logging.getLogger(__name__)
+
+# A worker whose heartbeat is older than this is stuck. Its waits are bounded by a few
+# seconds (meter reads 2 s, MQTT loop 5 s, TLS connect 10 s).
+STUCK_AFTER = 20.0
+# Without a watchdog, refresh the counters in STATUS this often.
+STATUS_REFRESH = 30.0
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        notifier: Notifier,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert settings.tibber is not None
+        self.settings = settings
+        self.notifier = notifier
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stopping = False
+        self.meter = MeterState()
+        self.uplink = TibberUplink(
+            settings.tibber, self.meter, host_info=HostInfoReader(), on_change=self._changed
+        )
+        self.mirror = (
+            Mirror(settings.mirror, f"tibber-agent-{settings.tibber.bridge_id}", self._changed)
+            if settings.mirror.enabled
+            else None
+        )
+        self.led = StatusLed(settings.led)
+        self.uplink.on_sent = self.led.flicker
+        outlets = [self.uplink] + ([self.mirror] if self.mirror else [])
+        self.reader = MeterReader(settings.meter, self.meter, outlets, on_change=self._changed)
+
+    def _changed(self) -> None:
+        self._wake.set()
+
+    def request_stop(self, *_: object) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def status(self) -> str:
+        u = self.uplink
+        return status_line(
+            self.meter,
+            u.state,
+            u.problem.text if u.problem else "",
+            u.published,
+            self.mirror.state if self.mirror else None,
+        )
+
+    def stuck_workers(self, now: float) -> list[str]:
+        stuck = []
+        if not self.reader.alive or now - self.meter.heartbeat > STUCK_AFTER:
+            stuck.append("meter")
+        for link in (self.uplink, self.mirror):
+            if link is not None and (not link.alive or now - link.heartbeat > STUCK_AFTER):
+                stuck.append(link.name)
+        return stuck
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.led.start()
+        self.led.show(Pattern.NO_METER)
+        self.uplink.start()
+        if self.mirror:
+            self.mirror.start()
+        self.reader.start()
+        # Ready as soon as the workers run: a Pi may boot without internet or meter.
+        self.notifier.ready(self.status())
+        log.info("tibber-agent running: %s", self.status())
+
+        interval = self.notifier.watchdog_interval
+        next_ping = self._clock()
+        reported_stuck: list[str] = []
+        while not self._stopping:
+            now = self._clock()
+            if interval is not None and now >= next_ping:
+                stuck = self.stuck_workers(now)
+                if not stuck:
+                    self.notifier.watchdog()
+                elif stuck != reported_stuck:
+                    log.error(
+                        "worker(s) not making progress: %s; withholding the watchdog ping",
+                        ", ".join(stuck),
+                    )
+                reported_stuck = stuck
+                next_ping = now + interval
+                self.notifier.status(self.status())  # counters, now and then
+            self.led.show(led_pattern(self.meter.health, self.uplink.state))
+            self.notifier.status(self.status())
+            wait = (next_ping - now) if interval is not None else STATUS_REFRESH
+            self._wake.wait(max(0.0, wait))
+            self._wake.clear()
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        self.notifier.stopping()
+        log.info("tibber-agent stopping")
+        self.reader.stop(timeout=2.0)
+        self.uplink.stop(timeout=2.0)
+        if self.mirror:
+            self.mirror.stop(timeout=1.0)
+        self.led.stop()
+        return 0
+
+
+__all__ = ["Agent", "LinkState"]

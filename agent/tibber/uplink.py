@@ -1,0 +1,221 @@
+"""The Tibber link: TLS with the bridge's certificate, hello on every connect, obis_stream
+rate-limited and fresh-only, bridge and node metrics on their cadences."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from ..config import TibberSettings
+from ..meter.telegram import Telegram
+from ..mqtt import LinkState, MqttLink, Problem
+from ..schedule import Every, RateLimit
+from ..state import MeterState
+from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Snapshot, Topics, obis_stream
+
+log = logging.getLogger(__name__)
+
+# A reading older than this is not sent: the payload has no timestamp, so Tibber books it
+# at arrival. A held telegram confirmed one second later is about 1 s old.
+MAX_AGE = 2.0
+# An obis_stream message not acknowledged for this long means the link is stalled: stop
+# feeding it (what it holds would arrive late) until it answers again.
+ACK_STALL = 3.0
+
+_CLIENT_CERT_ALERTS = {
+    "CERTIFICATE_EXPIRED": "the broker rejected the client certificate: it has expired",
+    "UNKNOWN_CA": "the broker does not trust the client certificate (unknown CA)",
+    "BAD_CERTIFICATE": "the broker rejected the client certificate",
+    "CERTIFICATE_REQUIRED": "the broker rejected the client certificate",
+    "CERTIFICATE_UNKNOWN": "the broker rejected the client certificate",
+    "CERTIFICATE_REVOKED": "the client certificate has been revoked",
+    "ACCESS_DENIED": "the broker denied access to this certificate",
+}
+
+
+class TibberUplink(MqttLink):
+    name = "tibber"
+
+    def __init__(
+        self,
+        settings: TibberSettings,
+        meter: MeterState,
+        host_info: Callable[[], HostInfo] = HostInfo,
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            settings.mqtt_url,
+            settings.mqtt_port,
+            settings.mqtt_client_id,
+            settings.keepalive,
+            on_change=on_change,
+            clock=clock,
+        )
+        self.settings = settings
+        self.topics = Topics.of(settings)
+        self.payloads = PayloadBuilder(
+            settings, settings.bridge_metrics_template, settings.node_metrics_template
+        )
+        self._meter = meter
+        self._host_info = host_info
+        self._wall = wall
+        self._started = clock()
+        self._rate = RateLimit(settings.obis_interval)
+        self._bridge_every = Every(settings.bridge_metric_interval, self._started)
+        self._node_every = Every(settings.node_metric_interval, self._started)
+        # Counter values at the previous metric of each kind: metrics carry per-interval counts.
+        self._at_bridge = (0, 0)
+        self._at_node = (0, 0)
+        self._unacked: dict[int, float] = {}
+        self._lock = threading.Lock()  # the meter thread and the network thread both publish
+        self.on_sent: Callable[[], None] = lambda: None  # the LED's flicker
+        self.published = 0
+        self.dropped = 0  # accepted telegrams not sent: offline, stale or stalled link
+        self.downlink = 0
+
+    # ------------------------------------------------------------- from the meter thread
+    def telegram(self, t: Telegram, arrived: float) -> None:
+        now = self._clock()
+        if not self.connected or now - arrived > MAX_AGE or self._stalled(now):
+            self.dropped += 1
+            return
+        if not self._rate.due(now) and self.settings.obis_interval > 0:
+            return
+        with self._lock:
+            client = self._client
+            if client is None or not self.connected or client.want_write():
+                self.dropped += 1
+                return
+            info = client.publish(self.topics.obis_stream, obis_stream(t.raw), qos=QOS_OBIS)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self.dropped += 1
+                return
+            self._rate.take(now)
+            self.published += 1
+            if QOS_OBIS:
+                self._unacked[info.mid] = now
+        self.on_sent()
+
+    def _stalled(self, now: float) -> bool:
+        unacked = self._unacked
+        return bool(unacked) and now - min(unacked.values()) > ACK_STALL
+
+    # ------------------------------------------------------------- network thread hooks
+    def tls_context(self) -> ssl.SSLContext:
+        s = self.settings
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its name
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cafile=str(s.ca_cert))
+        ctx.load_cert_chain(certfile=str(s.certificate), keyfile=str(s.private_key))
+        if s.mqtt_port == 443:
+            ctx.set_alpn_protocols(["x-amzn-mqtt-ca"])  # AWS IoT's MQTT on 443
+        return ctx
+
+    def configure(self, client: mqtt.Client) -> None:
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self._unacked = {}
+
+    def on_session(self, client: mqtt.Client) -> None:
+        with self._lock:
+            client.publish(self.topics.event, self.payloads.hello(self._snapshot(None)), QOS_EVENT)
+        client.subscribe(self.topics.receive, qos=1)
+
+    def on_tick(self, now: float) -> float:
+        if self._bridge_every.due(now):
+            span = self._bridge_every.done(now)
+            self._at_bridge = self._publish_metric(span, self._at_bridge, bridge=True)
+        if self._node_every.due(now):
+            span = self._node_every.done(now)
+            self._at_node = self._publish_metric(span, self._at_node, bridge=False)
+        return max(0.0, min(self._bridge_every.next, self._node_every.next) - now)
+
+    def kicked_text(self) -> str:
+        return (
+            f"another device uses this bridge id ({self.client_id}): unplug the Tibber "
+            "bridge, or the two will keep throwing each other off"
+        )
+
+    def classify(self, error: BaseException | str) -> Problem:
+        rejected = LinkState.REJECTED
+        if isinstance(error, ssl.SSLCertVerificationError):
+            why = error.verify_message or str(error)
+            if "expired" in why:
+                return Problem(
+                    rejected, "the broker's certificate has expired (or the clock is wrong)"
+                )
+            return Problem(
+                rejected,
+                f"ca_cert {self.settings.ca_cert} does not trust the broker's certificate ({why})",
+            )
+        text = str(error)
+        upper = text.upper()
+        if "KEY_VALUES_MISMATCH" in upper:
+            return Problem(rejected, "private_key does not belong to certificate")
+        for alert, message in _CLIENT_CERT_ALERTS.items():
+            if f"ALERT_{alert}" in upper or f"ALERT {alert.replace('_', ' ')}" in upper:
+                return Problem(rejected, message)
+        if isinstance(error, ssl.SSLError):
+            return Problem(rejected, f"TLS failed: {error.reason or text}")
+        if isinstance(error, str) and error.startswith("CONNACK"):
+            return Problem(rejected, f"the broker refused the connection: {error[8:]}")
+        if isinstance(error, socket.gaierror):
+            return Problem(LinkState.CONNECTING, f"cannot resolve {self.host} (DNS)")
+        if isinstance(error, ConnectionRefusedError):
+            return Problem(LinkState.CONNECTING, f"{self.host}:{self.port} refused the connection")
+        if isinstance(error, TimeoutError | socket.timeout):
+            return Problem(LinkState.CONNECTING, f"{self.host}:{self.port} timed out")
+        if isinstance(error, FileNotFoundError | PermissionError):
+            return Problem(rejected, f"cannot read {error.filename}: {error.strerror}")
+        return Problem(LinkState.CONNECTING, f"{self.host}:{self.port}: {text}")
+
+    # ------------------------------------------------------------- internals
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._unacked.pop(mid, None)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        # Tibber has never been seen to send anything here; log it for the record, answer nothing.
+        self.downlink += 1
+        text = message.payload[:200].decode("utf-8", "replace")
+        log.info(
+            "tibber: downlink message on %s (%d bytes): %s",
+            message.topic,
+            len(message.payload),
+            text,
+        )
+
+    def _publish_metric(self, span: float, at: tuple[int, int], *, bridge: bool) -> tuple[int, int]:
+        counters = (self._meter.telegrams_read, self.published)
+        if self.connected:
+            snap = self._snapshot(span, since=at)
+            payload = (
+                self.payloads.bridge_metric(snap) if bridge else self.payloads.node_metric(snap)
+            )
+            topic = self.topics.bridge_metric if bridge else self.topics.node_metric
+            self.publish(topic, payload, QOS_EVENT)
+        return counters
+
+    def _snapshot(self, span: float | None, since: tuple[int, int] = (0, 0)) -> Snapshot:
+        now = self._clock()
+        m = self._meter
+        last = m.last_accepted
+        if span is None:  # the hello: counts since the last bridge metric
+            span, since = now - self._bridge_every.last, self._at_bridge
+        return Snapshot(
+            ts=self._wall(),
+            uptime=now - self._started,
+            interval=span,
+            telegrams_read=m.telegrams_read - since[0],
+            telegrams_published=self.published - since[1],
+            since_last_telegram=None if last is None else now - last,
+            voltage=m.voltage,
+            host=self._host_info(),
+        )

@@ -1,0 +1,262 @@
+"""Real mosquitto processes on 127.0.0.1: a TLS broker (Tibber/AWS IoT stand-in) and a plain one."""
+
+from __future__ import annotations
+
+import getpass
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from .certs import Pki
+
+__all__ = ["HOST", "BrokerError", "PlainBroker", "TlsBroker", "free_port"]
+
+HOST = "127.0.0.1"
+STOP_GRACE_S = 5.0
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    """Let the kernel pick a free port; the tiny reuse race is handled by a retry in start()."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class _Broker:
+    name = "broker"
+
+    def __init__(self, workdir: Path, *, extra_config: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = HOST
+        self.port = free_port()
+        self.extra_config = extra_config
+        self.conf_path = workdir / f"{self.name}.conf"
+        self.log_path = workdir / f"{self.name}.log"
+        self.log_path.touch()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._frozen = False
+
+    # -- subclass hooks --------------------------------------------------------------------
+    def _listener_lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def _probe(self) -> None:
+        """Raise OSError unless the broker is accepting clients."""
+        raise NotImplementedError
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        lines = [
+            # As root mosquitto drops to user 'mosquitto' before reading certs, and pytest's
+            # 0700 tmp dirs and 0600 keys would be unreadable: stay the current user.
+            f"user {getpass.getuser()}",
+            "per_listener_settings false",
+            "persistence false",
+            # stdout is block-buffered; stderr shows lines as they happen.
+            "log_dest stderr",
+            "log_type all",
+            "connection_messages true",
+            f"listener {self.port} {HOST}",
+            *self._listener_lines(),
+            *self.extra_config,
+        ]
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> Self:
+        if self.running:
+            raise BrokerError(f"{self.name} already running (pid {self.pid})")
+        for _attempt in range(3):
+            mark = len(self.log_text())
+            try:
+                self._spawn_and_wait(timeout)
+                return self
+            except BrokerError:
+                # A port taken between free_port() and bind: pick another, unless restarting
+                # (restart() must keep the port, so it calls _spawn_and_wait directly).
+                if "Address already in use" not in self.log_text()[mark:]:
+                    raise
+                self.port = free_port()
+        raise BrokerError(f"{self.name}: no free port after 3 attempts\n{self.log_text()}")
+
+    def _spawn_and_wait(self, timeout: float) -> None:
+        self._write_config()
+        with self.log_path.open("ab") as logf:  # append: the log spans restarts
+            self._proc = subprocess.Popen(
+                ["mosquitto", "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in pytest must not hit the broker first
+            )
+        self._frozen = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                rc = self._proc.returncode
+                self._proc = None
+                raise BrokerError(
+                    f"{self.name} exited with {rc} during startup:\n{self.log_text()}"
+                )
+            try:
+                self._probe()
+                return
+            except OSError:
+                time.sleep(0.01)
+        self.kill()
+        raise BrokerError(f"{self.name} not ready after {timeout} s:\n{self.log_text()}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 5 s. Returns the exit code (None if not running)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            if self._frozen:
+                proc.send_signal(signal.SIGCONT)  # a stopped process never handles SIGTERM
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_GRACE_S)
+        self._proc, self._frozen = None, False
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL: a crash, no goodbye to clients."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_GRACE_S)
+        self._proc, self._frozen = None, False
+        return proc.returncode
+
+    def freeze(self) -> None:
+        """SIGSTOP: sockets stay open but nothing answers (half-open broker)."""
+        if not self.running or self._proc is None:
+            raise BrokerError(f"{self.name} not running")
+        self._proc.send_signal(signal.SIGSTOP)
+        self._frozen = True
+
+    def thaw(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+        self._frozen = False
+
+    def restart(self, *, kill: bool = False, timeout: float = 10.0) -> Self:
+        """Stop (or kill) and start again on the SAME port; subscriptions are gone."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self._spawn_and_wait(timeout)
+        return self
+
+    # -- log ----------------------------------------------------------------------------------
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_mark(self) -> int:
+        """Current log length; pass as since= to wait_for_log to ignore older lines."""
+        return len(self.log_text())
+
+    def wait_for_log(self, regex: str, timeout: float = 10.0, *, since: int = 0) -> re.Match[str]:
+        pattern = re.compile(regex, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            m = pattern.search(text, since)
+            if m:
+                return m
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{self.name}: /{regex}/ not in log after {timeout} s:\n{text[since:]}"
+                )
+            time.sleep(0.01)
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {HOST}:{self.port} pid={self.pid}>"
+
+
+class TlsBroker(_Broker):
+    """mosquitto requiring a client cert from pki.ca; the cert's CN becomes the username."""
+
+    name = "broker-tls"
+
+    def __init__(self, workdir: Path, pki: Pki, *, extra_config: tuple[str, ...] = ()) -> None:
+        self.pki = pki
+        super().__init__(workdir, extra_config=extra_config)
+
+    def _listener_lines(self) -> list[str]:
+        return [
+            f"cafile {self.pki.ca}",
+            f"certfile {self.pki.server_crt}",
+            f"keyfile {self.pki.server_key}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+        ]
+
+    def client_context(self) -> ssl.SSLContext:
+        """An ssl context that trusts the broker and presents the default client cert."""
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca))
+        ctx.load_cert_chain(str(self.pki.client_crt), str(self.pki.client_key))
+        return ctx
+
+    def _probe(self) -> None:
+        # Ready means a full handshake with our client cert works, not just a bound port.
+        # ssl.SSLError and socket.timeout are OSErrors, so the start loop retries them.
+        ctx = self.client_context()
+        with (
+            socket.create_connection((HOST, self.port), timeout=1.0) as raw,
+            ctx.wrap_socket(raw, server_hostname=HOST),
+        ):
+            pass
+
+
+class PlainBroker(_Broker):
+    """Anonymous plain-TCP mosquitto (the local mirror)."""
+
+    name = "broker-plain"
+
+    def _listener_lines(self) -> list[str]:
+        return ["allow_anonymous true"]  # 2.x refuses anonymous clients without it
+
+    def _probe(self) -> None:
+        with socket.create_connection((HOST, self.port), timeout=1.0):
+            pass
