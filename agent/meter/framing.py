@@ -57,7 +57,10 @@ class Framer:
         self._buf.clear()
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return the telegrams they completed, oldest first."""
+        """Add bytes; return the telegrams they completed, oldest first.
+
+        A telegram cut short by the next `/` is returned too, without its end mark.
+        """
         telegrams: list[bytes] = []
         pos = 0
         n = len(data)
@@ -79,10 +82,12 @@ class Framer:
             end = self._buf.find(END, search_from)
             restart = self._buf.find(b"/", max(1, search_from))
             if restart >= 0 and (end < 0 or restart < end):
-                # `/` never occurs inside eBZ data: the telegram so far lost its end.
+                # `/` never occurs inside eBZ data: the telegram so far lost its end. It is
+                # passed on all the same (it fails parsing): its intact lines can still
+                # vouch for a neighbour (telegram.salvage).
                 self.stats.restarted += 1
-                self.stats.dropped_bytes += restart
                 rest = bytes(self._buf[restart:])
+                telegrams.append(bytes(self._buf[:restart]))
                 self._buf.clear()
                 pos -= len(rest)
                 continue

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .framing import Framer
 from .parity import decode_7e1
-from .telegram import Reason, Telegram, TelegramError, TelegramParser
+from .telegram import Reason, Telegram, TelegramError, TelegramParser, salvage
 from .validation import Outcome, Validator, Verdict
 
 
@@ -39,7 +39,9 @@ class Pipeline:
             try:
                 telegram = self.parser.parse(raw)
             except TelegramError as e:
-                results.append(Result(raw, None, self.validator.reject(e.reason)))
+                like = self.validator.template
+                witness = salvage(raw, like) if like is not None else None
+                results.append(Result(raw, None, self.validator.reject(e.reason, witness)))
                 continue
             results.append(Result(raw, telegram, self.validator.check(telegram)))
         return results

@@ -157,19 +157,11 @@ class MeterReader:
         verdict = result.verdict
         if self._on_result is not None:
             self._on_result(result)
-        if verdict.outcome is Outcome.REJECTED:
-            s.rejected += 1
-            assert verdict.reason is not None
-            line = self.rejections.add(verdict.reason, now)
-            if line:
-                log.warning("meter: %s", line)
-            return
-        if verdict.outcome is Outcome.HELD:
-            self._held_at = now
-            return
         if verdict.adopted:
             log.warning("meter: adopted %s", verdict.adopted)
         for t in verdict.publish:
+            # A confirmed held telegram goes out with the time it arrived: outlets drop
+            # what has grown too old.
             arrived = self._held_at if t is not result.telegram else now
             s.accepted += 1
             s.last_accepted = now
@@ -177,7 +169,16 @@ class MeterReader:
             s.voltage = volts / 10 if volts is not None else None
             for outlet in self.outlets:
                 outlet.telegram(t, arrived)
-        self._set_health(MeterHealth.OK, "")
+        if verdict.outcome is Outcome.REJECTED:
+            s.rejected += 1
+            assert verdict.reason is not None
+            line = self.rejections.add(verdict.reason, now)
+            if line:
+                log.warning("meter: %s", line)
+        elif verdict.outcome is Outcome.HELD:
+            self._held_at = now
+        else:
+            self._set_health(MeterHealth.OK, "")
 
     def _main_rejection(self) -> str:
         rejected = self.pipeline.validator.stats.rejected

@@ -267,3 +267,69 @@ def _build(
         volts=volts,
         status=by_code.get(STATUS),
     )
+
+
+def salvage(raw: bytes, like: Telegram) -> Telegram | None:
+    """The undamaged lines of a rejected telegram, as a witness for its neighbours.
+
+    A bit error, a lost byte or a repeated line damages one line; the others still carry
+    the meter's seconds, energy and power. The witness takes `like`'s layout and id, and
+    the values of the lines it lacks are left out (seconds None if 96.8.0 is missing, as
+    in a telegram cut short). None if the ident or meter id differ or nothing is left.
+    """
+    found: dict[str, str] = {}
+    for line in raw.split(_CRLF):
+        m = _LINE.fullmatch(line)
+        if m is None:
+            continue
+        cde = f"{int(m[3])}.{int(m[4])}.{int(m[5])}"
+        value = m[7].decode("ascii")
+        unit = m[8].decode("ascii") if m[8] else None
+        if cde not in like.values or _layout_entry(like, cde) != _entry(m, cde, value, unit):
+            continue  # not this layout's line (or a damaged one that still parses)
+        if found.setdefault(cde, value) != value:
+            return None  # two different values for one code: nothing here is trustworthy
+    if not raw.startswith(like.ident.encode("ascii") + _CRLF):
+        return None
+    if any(
+        found.get(code, like.values[code]) != like.values[code]
+        for code in METER_IDS
+        if code in like.values
+    ):
+        return None
+    energy: dict[str, Number] = {}
+    for code in like.energy:
+        if code in found:
+            whole, _, frac = found[code].partition(".")
+            energy[code] = Number(int(whole + frac), len(frac))
+    seconds = found.get(SECONDS)
+    return Telegram(
+        raw=raw,
+        ident=like.ident,
+        values={**like.values, **found},
+        layout=like.layout,
+        meter_id=like.meter_id,
+        seconds=int(seconds, 16) if seconds is not None else None,
+        energy=energy,
+        power={code: int(found[code].replace(".", "")) for code in like.power if code in found},
+        volts={code: int(found[code].replace(".", "")) for code in like.volts if code in found},
+        status=found.get(STATUS),
+    )
+
+
+def _layout_entry(like: Telegram, cde: str) -> str:
+    for entry in like.layout[1:]:
+        label = entry.split(" ", 1)[0]
+        if label.split(":", 1)[1].split("*", 1)[0] == cde:
+            return entry
+    return ""
+
+
+def _entry(m: re.Match[bytes], cde: str, value: str, unit: str | None) -> str:
+    kind = _kind(cde, unit)
+    try:
+        _check_value(cde, kind, value, unit)
+    except TelegramError:
+        return ""
+    label = f"{m[1].decode()}-{m[2].decode()}:{m[3].decode()}.{m[4].decode()}.{m[5].decode()}"
+    return f"{label}*{m[6].decode()} {_shape(kind, value)} {unit}"

@@ -20,7 +20,7 @@ after it repeats, self-consistently, for several telegrams (PIN entry, power cut
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from .telegram import (
@@ -42,7 +42,7 @@ VOLTAGE_RANGE_DV = (1500, 2800)
 ADOPT_AFTER = 3
 # The reference itself may be wrong only if damage survived every check twice in a row;
 # a consistent run this long that contradicts it wins, so the agent never stays stuck.
-OVERRULE_AFTER = 60
+OVERRULE_AFTER = 10
 
 
 class Outcome(StrEnum):
@@ -71,9 +71,20 @@ class Validator:
         self._overrule_after = overrule_after
         self.stats = ValidationStats()
         self.reference: Telegram | None = None
-        self._held: Telegram | None = None
+        # Plausible telegrams not yet confirmed, oldest first (at most two seconds' worth).
+        self._candidates: list[Telegram] = []
+        # What rejected telegrams still prove about their second, by seconds index: their
+        # power if it adds up, and their energy if their lines were intact (see salvage).
+        self._witnesses: dict[int, list[Telegram]] = {}
+        # The same for the telegram just before, if it lost its seconds (cut short).
+        self._orphan: list[Telegram] = []
         self._challenger: Telegram | None = None  # tail of a run that contradicts the reference
         self._run = 0
+
+    @property
+    def template(self) -> Telegram | None:
+        """The layout a damaged telegram's lines are read against (telegram.salvage)."""
+        return self._candidates[-1] if self._candidates else self.reference
 
     def reset(self) -> None:
         """Resync: the stream was interrupted (port reopened).
@@ -81,56 +92,114 @@ class Validator:
         The reference stays: it is still the bar that new data must clear (counters only
         grow), and the gap makes the next telegram wait for its successor's confirmation.
         """
-        self._drop_held()
+        self._drop_candidates(None)
+        self._witnesses.clear()
+        self._orphan = []
         self._challenger = None
         self._run = 0
 
-    def _drop_held(self) -> None:
-        if self._held is not None:
-            self.stats.rejected[Reason.UNCONFIRMED] += 1
-            self._held = None
+    def reject(self, reason: Reason, witness: Telegram | None = None) -> Verdict:
+        """Count a telegram that failed before validation (parity, grammar).
 
-    def reject(self, reason: Reason) -> Verdict:
-        """Count a telegram that failed before validation (parity, grammar)."""
+        Its undamaged lines may still vouch for a neighbour (`witness`, see
+        telegram.salvage), so a clean telegram between two damaged ones is not lost.
+        A witness is never published.
+        """
         self.stats.rejected[reason] += 1
+        self._orphan = []
+        if witness is None:
+            return Verdict(Outcome.REJECTED, reason=reason)
+        return self._vouch(witness, reason)
+
+    def _vouch(self, witness: Telegram, reason: Reason) -> Verdict:
+        """Keep what a rejected telegram proves; release a candidate it confirms."""
+        variants = _power_variants(witness)
+        if witness.seconds is None:
+            self._orphan = variants
+            return Verdict(Outcome.REJECTED, reason=reason)
+        self._remember(witness.seconds, variants)
+        for c in reversed(self._candidates):
+            if any(_complete(v, c) and _confirms(c, v) is None for v in variants):
+                return Verdict(Outcome.REJECTED, publish=self._accept(c), reason=reason)
         return Verdict(Outcome.REJECTED, reason=reason)
 
     def check(self, t: Telegram) -> Verdict:
+        orphan, self._orphan = self._orphan, []
         own = _self_check(t)
         if own is not None:
-            return self.reject(own)
-
+            self.stats.rejected[own] += 1
+            if own is Reason.POWER_SUM and (self.reference is None or t.key == self.reference.key):
+                return self._vouch(t, own)  # one power line is wrong; the rest still tells
+            return Verdict(Outcome.REJECTED, reason=own)
         ref = self.reference
         if ref is not None and t.key != ref.key:
             why = Reason.IDENTITY if t.layout == ref.layout else Reason.LAYOUT
             return self._challenge(t, why, self._adopt_after)
+        if ref is not None:
+            loose = _plausible(ref, t)
+            if loose is not None:
+                if t.seconds is not None:
+                    self._remember(t.seconds, [t])  # its power still tells about its second
+                return self._challenge(t, loose, self._overrule_after)
 
-        held = self._held
-        if held is not None and _confirms(held, t) is None:
-            return self._accept(held, t)
-        if ref is None:
-            self._drop_held()
-            self._held = t
-            return Verdict(Outcome.HELD)
-
-        loose = _plausible(ref, t)
-        if loose is not None:
-            return self._challenge(t, loose, self._overrule_after)
-        if _confirms(ref, t) is None:
-            return self._accept(t)
-        # Plausible, but too far from the reference to check tightly (a gap, a status or
-        # voltage step): publish once the next second confirms it.
-        self._drop_held()
-        self._held = t
+        # Confirmed by the reference or a candidate one second before, or two seconds
+        # before with the lost second's power known from a rejected telegram's lines.
+        anchors = [*([ref] if ref is not None else []), *self._candidates]
+        for anchor in reversed(anchors):
+            if _confirms(anchor, t) is None or self._bridged(anchor, t, orphan):
+                earlier = () if anchor is ref else (anchor,)
+                return Verdict(Outcome.ACCEPTED, publish=self._accept(*earlier, t))
+        if ref is not None and t.seconds is not None:
+            before = self._witnesses.get(t.seconds - 1, [])
+            if any(
+                _complete(w, t) and _plausible(ref, w) is None and _confirms(w, t) is None
+                for w in before
+            ):
+                return Verdict(Outcome.ACCEPTED, publish=self._accept(t))
+        # Plausible, but nothing checks it tightly yet (a gap, a status or voltage step):
+        # publish once the next second confirms it.
+        self._candidates.append(t)
+        self._drop_candidates(t.seconds)
         return Verdict(Outcome.HELD)
 
-    def _accept(self, *telegrams: Telegram) -> Verdict:
-        self.reference = telegrams[-1]
-        self._held = None
+    def _bridged(self, anchor: Telegram, t: Telegram, orphan: list[Telegram]) -> bool:
+        """anchor and t are two seconds apart, and a rejected telegram tells the power of
+        the second between (an orphan, arriving just before t, can only be that second)."""
+        if anchor.seconds is None or t.seconds != anchor.seconds + 2:
+            return False
+        lost = self._witnesses.get(anchor.seconds + 1) or orphan
+        return any(_bridges(anchor, w, t) is None for w in lost)
+
+    def _remember(self, seconds: int, variants: list[Telegram]) -> None:
+        base = self.reference.seconds if self.reference and self.reference.seconds else 0
+        if seconds > base:
+            self._witnesses[seconds] = variants
+            for old in [s for s in self._witnesses if s < seconds - 3]:
+                del self._witnesses[old]
+
+    def _drop_candidates(self, newest: int | None) -> None:
+        """Forget candidates too old to be confirmed any more (or all, for None)."""
+        keep = [
+            c
+            for c in self._candidates
+            if newest is not None and c.seconds is not None and c.seconds >= newest - 2
+        ]
+        self.stats.rejected[Reason.UNCONFIRMED] += len(self._candidates) - len(keep)
+        self._candidates = keep
+
+    def _accept(self, *telegrams: Telegram) -> tuple[Telegram, ...]:
+        ref = self.reference = telegrams[-1]
+        now = ref.seconds if ref.seconds is not None else 0
+        stale = [c for c in self._candidates if c not in telegrams]
+        self.stats.rejected[Reason.UNCONFIRMED] += sum(
+            1 for c in stale if c.seconds is None or c.seconds <= now
+        )
+        self._candidates = [c for c in stale if c.seconds is not None and c.seconds > now]
+        self._witnesses = {s: w for s, w in self._witnesses.items() if s > now}
         self._challenger = None
         self._run = 0
         self.stats.accepted += len(telegrams)
-        return Verdict(Outcome.ACCEPTED, publish=telegrams)
+        return telegrams
 
     def _challenge(self, t: Telegram, reason: Reason, needed: int) -> Verdict:
         """t contradicts the reference; count how long a self-consistent run of such has been."""
@@ -142,9 +211,10 @@ class Validator:
         self._challenger = t
         if self._run >= needed:
             old = self.reference
-            verdict = self._accept(t)
+            self._candidates.clear()
+            self._witnesses.clear()
             return Verdict(
-                Outcome.ACCEPTED, publish=verdict.publish, adopted=_describe(old, t, reason)
+                Outcome.ACCEPTED, publish=self._accept(t), adopted=_describe(old, t, reason)
             )
         self.stats.rejected[reason] += 1
         return Verdict(Outcome.REJECTED, reason=reason)
@@ -169,9 +239,7 @@ def _self_check(t: Telegram) -> Reason | None:
         if abs(total) > MAX_POWER_W * 100:
             return Reason.RANGE
         phases = [p[c] for c in POWER_PHASES if c in p]
-        # The sum is exact on every real telegram. The export sign of the phases is not
-        # known for sure (meters.md §6), so magnitudes adding up is accepted too.
-        if len(phases) == 3 and total != sum(phases) and abs(total) != sum(map(abs, phases)):
+        if len(phases) == 3 and not _sum_ok(total, phases):
             return Reason.POWER_SUM
     lo, hi = VOLTAGE_RANGE_DV
     if any(not lo <= v <= hi for v in t.volts.values()):
@@ -200,12 +268,96 @@ def _plausible(ref: Telegram, t: Telegram) -> Reason | None:
 
 def _confirms(prev: Telegram, t: Telegram) -> Reason | None:
     """Tight checks between two telegrams one meter second apart. None = consistent."""
+    why = _neighbours(prev, t, 1)
+    if why is not None:
+        return why
+    energy = _net_energy(prev, t)
+    if energy is None:
+        return None
+    net, scale, total, imported, exported = energy
+    # Units of 1e-scale kWh; 1 unit = 3.6e6 / 10**scale W*s; power in 0.01 W over 1 s.
+    expected = total * 10**scale / 360_000_000
+    if abs(net - expected) > AGREEMENT_DIGITS + _rounding(scale):
+        return Reason.ENERGY_POWER
+    # Power on one side for the whole second: the other register cannot have moved. (A
+    # wrong digit there would otherwise pass the net check and, adopted as reference,
+    # make every honest telegram look like a falling counter.)
+    old_total = prev.power.get(POWER_TOTAL, 0)
+    if exported is not None and (
+        (total > 0 and old_total > 0 and exported != 0)
+        or (total < 0 and old_total < 0 and imported != 0)
+    ):
+        return Reason.ENERGY_POWER
+    return None
+
+
+def _bridges(prev: Telegram, lost: Telegram, t: Telegram) -> Reason | None:
+    """Checks across one lost second whose power is known from a rejected telegram: the
+    energy of the two seconds must be the lost second's plus t's own."""
+    why = _neighbours(prev, t, 2)
+    if why is not None:
+        return why
+    energy = _net_energy(prev, t)
+    lost_total = lost.power.get(POWER_TOTAL)
+    if energy is None or lost_total is None:
+        return Reason.SECONDS
+    net, scale, total, imported, exported = energy
+    expected = (lost_total + total) * 10**scale / 360_000_000
+    if abs(net - expected) > 2 * (AGREEMENT_DIGITS + _rounding(scale)):
+        return Reason.ENERGY_POWER
+    signs = {_sign(prev.power.get(POWER_TOTAL, 0)), _sign(lost_total), _sign(total)}
+    if exported is not None and (
+        (signs == {1} and exported != 0) or (signs == {-1} and imported != 0)
+    ):
+        return Reason.ENERGY_POWER
+    return None
+
+
+def _complete(w: Telegram, like: Telegram) -> bool:
+    """A witness can stand in for a full telegram only with every value the checks use."""
+    return (
+        w.seconds is not None
+        and w.energy.keys() == like.energy.keys()
+        and (POWER_TOTAL in w.power) == (POWER_TOTAL in like.power)
+    )
+
+
+def _power_variants(w: Telegram) -> list[Telegram]:
+    """The witness, with each total power its lines allow: if the four power lines do not
+    add up, one of them is wrong, so either the total or the phases' sum is the truth."""
+    total = w.power.get(POWER_TOTAL)
+    phases = [w.power[c] for c in POWER_PHASES if c in w.power]
+    if len(phases) < 3:
+        return [w]  # a damaged phase line was left out: the total is the intact one
+    if total is None:
+        return [replace(w, power={**w.power, POWER_TOTAL: sum(phases)})]
+    if _sum_ok(total, phases):
+        return [w]
+    return [w, replace(w, power={**w.power, POWER_TOTAL: sum(phases)})]
+
+
+def _sum_ok(total: int, phases: list[int]) -> bool:
+    # The sum is exact on every real telegram. Whether a 2R meter signs its phase powers
+    # during export is not known for sure (meters.md §6): unsigned phases adding up to an
+    # exported total are accepted too, but not a mix of signs that only adds up without
+    # them (that is what a lost '-' looks like).
+    if total == sum(phases):
+        return True
+    return total < 0 and min(phases) >= 0 and -total == sum(phases)
+
+
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _neighbours(prev: Telegram, t: Telegram, seconds: int) -> Reason | None:
+    """What must hold between two telegrams `seconds` meter seconds apart, energy aside."""
     if prev.key != t.key:
         return Reason.LAYOUT
     loose = _plausible(prev, t)
     if loose is not None:
         return loose
-    if _elapsed(prev, t) != 1:
+    if _elapsed(prev, t) != seconds:
         return Reason.SECONDS
     if t.status != prev.status:
         return Reason.VALUE
@@ -213,27 +365,30 @@ def _confirms(prev: Telegram, t: Telegram) -> Reason | None:
         old = prev.volts.get(code)
         if old is not None and abs(v - old) > MAX_VOLTAGE_STEP_DV:
             return Reason.RANGE
+    return None
+
+
+def _net_energy(prev: Telegram, t: Telegram) -> tuple[int, int, int, int, int | None] | None:
+    """(import minus export growth, the units' decimals, t's power in 0.01 W, import
+    growth, export growth or None) in register units, or None where the registers or the
+    power are missing."""
     total = t.power.get(POWER_TOTAL)
     imp_new, imp_old = t.energy.get("1.8.0"), prev.energy.get("1.8.0")
     if total is None or imp_new is None or imp_old is None:
         return None
     scale = max(imp_new.decimals, imp_old.decimals)
-    net = imp_new.scaled(scale) - imp_old.scaled(scale)
+    imported = imp_new.scaled(scale) - imp_old.scaled(scale)
+    exported = None
     exp_new, exp_old = t.energy.get("2.8.0"), prev.energy.get("2.8.0")
     if exp_new is not None and exp_old is not None:
         if exp_new.decimals != scale or exp_old.decimals != scale:
             return None  # registers of different resolution: no tight comparison
-        net -= exp_new.units - exp_old.units
-    # Compare in units of 1e-(scale) kWh over one second: power [0.01 W] * 1 s.
-    # 1 unit = 3.6e6 / 10**scale W*s, so expected units = total/100 * 10**scale / 3.6e6.
-    expected = total * 10**scale / 360_000_000
-    if abs(net - expected) > AGREEMENT_DIGITS + expected_rounding(scale):
-        return Reason.ENERGY_POWER
-    return None
+        exported = exp_new.units - exp_old.units
+    return imported - (exported or 0), scale, total, imported, exported
 
 
-def expected_rounding(scale: int) -> float:
-    """The 0.005 W rounding of the power, in register digits over one second."""
+def _rounding(scale: int) -> float:
+    """The 0.005 W rounding of the power, in register units over one second."""
     return 0.5 * 10**scale / 360_000_000
 
 

@@ -22,8 +22,8 @@ from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Snapshot, T
 log = logging.getLogger(__name__)
 
 # A reading older than this is not sent: the payload has no timestamp, so Tibber books it
-# at arrival. A held telegram confirmed one second later is about 1 s old.
-MAX_AGE = 2.0
+# at arrival. A held telegram is confirmed 1 s (or, across a lost second, 2 s) later.
+MAX_AGE = 2.5
 # An obis_stream message not acknowledged for this long means the link is stalled: stop
 # feeding it (what it holds would arrive late) until it answers again.
 ACK_STALL = 3.0
