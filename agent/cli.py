@@ -9,6 +9,7 @@ import random
 import ssl
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -202,10 +203,11 @@ class DemoPrinter:
     def hello(self) -> None:
         self.emit(self.topics.event, self.payloads.hello(self.snapshot(0.0)))
 
-    def telegram(self, t: Telegram, arrived: float) -> None:
-        if self.rate.take(time.monotonic()):
-            self.published += 1
-            self.emit(self.topics.obis_stream, obis_stream(t.raw))
+    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None:
+        for t, _ in batch[-1:] if self.settings.obis_interval > 0 else batch:
+            if self.rate.take(time.monotonic()):
+                self.published += 1
+                self.emit(self.topics.obis_stream, obis_stream(t.raw))
 
     def tick(self) -> None:
         now = time.monotonic()

@@ -1,6 +1,7 @@
 """What the Pi can say about its network and temperature, for the bridge metrics.
 
-Read from /proc and /sys (no traffic, no subprocess but one optional `iw` call for the
+Read from /proc/self/net (the unit's ProcSubset=pid hides /proc/net) and /sys, with no
+traffic and no subprocess but one optional `iw` call for the
 Wi-Fi name) and cached: metrics go out every few minutes, and nothing here is urgent.
 """
 
@@ -61,7 +62,7 @@ class HostInfoReader:
 
     def _default_route(self) -> tuple[str | None, str | None]:
         with contextlib.suppress(OSError, ValueError):
-            for line in (self._root / "proc/net/route").read_text().splitlines()[1:]:
+            for line in (self._root / "proc/self/net/route").read_text().splitlines()[1:]:
                 fields = line.split()
                 if len(fields) > 2 and fields[1] == "00000000":
                     gw = socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
@@ -83,7 +84,7 @@ class HostInfoReader:
     def _wifi(self, iface: str) -> dict:
         info: dict = {}
         with contextlib.suppress(OSError, ValueError):
-            for line in (self._root / "proc/net/wireless").read_text().splitlines()[2:]:
+            for line in (self._root / "proc/self/net/wireless").read_text().splitlines()[2:]:
                 name, _, rest = line.partition(":")
                 if name.strip() == iface:
                     info["rssi"] = int(float(rest.split()[2]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 
@@ -40,6 +40,7 @@ class Mirror(MqttLink):
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password or None)
 
-    def telegram(self, t: Telegram, arrived: float) -> None:
-        if self.publish(self.settings.topic, t.raw, qos=0):
-            self.published += 1
+    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None:
+        for t, _ in batch:
+            if self.publish(self.settings.topic, t.raw, qos=0):
+                self.published += 1

@@ -24,7 +24,11 @@ class RateLimit:
         self._last: float | None = None
 
     def due(self, now: float) -> bool:
-        return self._last is None or now - self._last >= self.interval - self._slack
+        return (
+            self.interval <= 0
+            or self._last is None
+            or now - self._last >= self.interval - self._slack
+        )
 
     def take(self, now: float) -> bool:
         """True (and counted) if an event may go out now."""

@@ -32,9 +32,13 @@ SILENT_AFTER = 5.0
 
 
 class Outlet(Protocol):
-    """Where accepted telegrams go: the Tibber uplink, the mirror, a printer."""
+    """Where accepted telegrams go: the Tibber uplink, the mirror, a printer.
 
-    def telegram(self, t: Telegram, arrived: float) -> None: ...
+    Usually one telegram at a time; two when a held telegram is confirmed by the next
+    one. Each comes with the monotonic time it arrived.
+    """
+
+    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None: ...
 
 
 class MeterReader:
@@ -159,16 +163,16 @@ class MeterReader:
             self._on_result(result)
         if verdict.adopted:
             log.warning("meter: adopted %s", verdict.adopted)
-        for t in verdict.publish:
+        if verdict.publish:
             # A confirmed held telegram goes out with the time it arrived: outlets drop
             # what has grown too old.
-            arrived = self._held_at if t is not result.telegram else now
-            s.accepted += 1
+            batch = [(t, now if t is result.telegram else self._held_at) for t in verdict.publish]
+            s.accepted += len(batch)
             s.last_accepted = now
-            volts = t.volts.get("32.7.0")
+            volts = verdict.publish[-1].volts.get("32.7.0")
             s.voltage = volts / 10 if volts is not None else None
             for outlet in self.outlets:
-                outlet.telegram(t, arrived)
+                outlet.telegrams(batch)
         if verdict.outcome is Outcome.REJECTED:
             s.rejected += 1
             assert verdict.reason is not None

@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 
@@ -82,12 +82,19 @@ class TibberUplink(MqttLink):
         self.downlink = 0
 
     # ------------------------------------------------------------- from the meter thread
-    def telegram(self, t: Telegram, arrived: float) -> None:
+    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None:
+        if self.settings.obis_interval > 0:
+            # Rate-limited: of a confirmed pair only the newer one is worth sending.
+            batch = batch[-1:]
+        for t, arrived in batch:
+            self._send(t, arrived)
+
+    def _send(self, t: Telegram, arrived: float) -> None:
         now = self._clock()
         if not self.connected or now - arrived > MAX_AGE or self._stalled(now):
             self.dropped += 1
             return
-        if not self._rate.due(now) and self.settings.obis_interval > 0:
+        if not self._rate.due(now):
             return
         with self._lock:
             client = self._client
