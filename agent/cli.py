@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import random
-import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,6 @@ from .config import (
 from .meter.parity import encode_7e1
 from .meter.pipeline import Result
 from .meter.reader import MeterReader
-from .meter.simulator import SimulatedEbz, applicable_corruptions, corrupt
 from .meter.telegram import Telegram
 from .meter.validation import Outcome
 from .schedule import Every, RateLimit
@@ -115,6 +113,8 @@ def _check(path: Path) -> int:
 
 
 def _check_tls(t: TibberSettings) -> list[str]:
+    import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         ctx.load_verify_locations(cafile=str(t.ca_cert))
@@ -238,6 +238,8 @@ class DemoPrinter:
 
 
 def _demo(count: int, interval: float, corrupt_rate: float, seed: int | None) -> int:
+    from .meter.simulator import SimulatedEbz, applicable_corruptions, corrupt
+
     rng = random.Random(seed)
     settings = TibberSettings(
         mqtt_url="demo.invalid",

@@ -1,8 +1,8 @@
 """What the Pi can say about its network and temperature, for the bridge metrics.
 
 Read from /proc/self/net (the unit's ProcSubset=pid hides /proc/net) and /sys, with no
-traffic and no subprocess but one optional `iw` call for the
-Wi-Fi name) and cached: metrics go out every few minutes, and nothing here is urgent.
+traffic and no subprocess but one optional `iw` call for the Wi-Fi name, and cached:
+metrics go out every few minutes, and nothing here is urgent.
 """
 
 from __future__ import annotations

@@ -28,24 +28,18 @@ FLICKER = 0.08
 
 class StatusLed:
     def __init__(self, settings: LedSettings) -> None:
+        self._settings = settings
         self._led = None
-        if settings.enabled:
-            self._led = _open_led(settings)
         self._pattern = Pattern.OFF
         self._flicker = False
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self._led is not None
-
     def start(self) -> None:
-        if self._led is None:
-            return
-        self._thread = threading.Thread(target=self._run, name="led", daemon=True)
-        self._thread.start()
+        if self._settings.enabled:
+            self._thread = threading.Thread(target=self._run, name="led", daemon=True)
+            self._thread.start()
 
     def show(self, pattern: Pattern) -> None:
         with self._wake:
@@ -55,7 +49,7 @@ class StatusLed:
 
     def flicker(self) -> None:
         """A telegram went out: a short dark blip, in the OK pattern only."""
-        if self._led is None or self._pattern is not Pattern.OK:
+        if self._thread is None or self._pattern is not Pattern.OK:
             return
         with self._wake:
             self._flicker = True
@@ -67,13 +61,19 @@ class StatusLed:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(2.0)
-        if self._led is not None:
-            self._led.off()
-            self._led.close()
 
     def _run(self) -> None:
-        led = self._led
-        assert led is not None
+        # gpiozero is imported and the pin opened here, off the start-up path (READY=1).
+        led = self._led = _open_led(self._settings)
+        if led is None:
+            return
+        try:
+            self._play_patterns(led)
+        finally:
+            led.off()
+            led.close()
+
+    def _play_patterns(self, led) -> None:
         with self._wake:
             while not self._stop:
                 pattern = self._pattern

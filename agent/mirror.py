@@ -6,15 +6,18 @@ connection is up and draining, and drops the message otherwise.
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable, Sequence
-
-import paho.mqtt.client as mqtt
+from typing import TYPE_CHECKING
 
 from .config import MirrorSettings
 from .meter.telegram import Telegram
 from .mqtt import MqttLink
+
+if TYPE_CHECKING:
+    import ssl
+
+    import paho.mqtt.client as mqtt
 
 
 class Mirror(MqttLink):
@@ -34,6 +37,8 @@ class Mirror(MqttLink):
     def tls_context(self) -> ssl.SSLContext | None:
         if self.settings.ca_cert is None:
             return None
+        import ssl
+
         return ssl.create_default_context(cafile=str(self.settings.ca_cert))
 
     def configure(self, client: mqtt.Client) -> None:

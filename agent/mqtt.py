@@ -12,19 +12,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
-
-import paho.mqtt.client as mqtt
+from typing import TYPE_CHECKING
 
 from .schedule import Backoff
+from .state import LinkState, Problem
+
+if TYPE_CHECKING:
+    import ssl
+
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
+
+
+def paho():
+    """paho-mqtt, imported on first use in a network thread: it pulls in ssl, http.client
+    and email (tens of milliseconds on a Pi), which need not delay READY=1."""
+    import paho.mqtt.client
+
+    return paho.mqtt.client
 
 
 # A session the broker ends this soon after CONNACK, followed by an instant successful
@@ -33,22 +43,9 @@ SHORT_SESSION = 30.0
 STABLE_SESSION = 60.0
 KICKS_BEFORE_ALARM = 3
 KICKED_BACKOFF_STEP = 6  # Backoff failures: 32 s ceiling with the default base
-
-
-class LinkState(StrEnum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    REJECTED = "rejected"  # TLS or CONNACK refusal: needs the user (or the broker) to change
-    KICKED = "kicked"  # another client keeps taking over our client id
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why the last attempt failed, in words a user can act on."""
-
-    state: LinkState
-    text: str
+# The network thread comes back at least this often, which is how the supervisor knows it
+# is alive (paho's select() would otherwise sleep until the next keepalive ping).
+MAX_LOOP_WAIT = 5.0
 
 
 class MqttLink:
@@ -96,6 +93,13 @@ class MqttLink:
     def stop(self, timeout: float = 2.0) -> None:
         """Disconnect cleanly (DISCONNECT sent) and end the thread."""
         self._stop.set()
+        self._closing = True
+        client = self._client
+        if client is not None:
+            # Written from this thread (paho allows it); closing the socket also wakes the
+            # network thread from its select().
+            with contextlib.suppress(Exception):
+                client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout)
         self._set_state(LinkState.STOPPED, None)
@@ -139,7 +143,7 @@ class MqttLink:
             # stale data later, and grow memory.
             return False
         info = client.publish(topic, payload, qos=qos, retain=False)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
+        return info.rc == paho().MQTT_ERR_SUCCESS
 
     # ------------------------------------------------------------- the network thread
     def _run(self) -> None:
@@ -153,8 +157,8 @@ class MqttLink:
                 continue
             now = self._clock()
             wait = min(self.on_tick(now) if self._connected else 1.0, self._keepalive_check(now))
-            rc = self._client.loop(timeout=max(0.01, min(wait, 30.0)))
-            if rc != mqtt.MQTT_ERR_SUCCESS and self._client is not None:
+            rc = self._client.loop(timeout=max(0.01, min(wait, MAX_LOOP_WAIT)))
+            if rc != paho().MQTT_ERR_SUCCESS and self._client is not None:
                 self._lost(None)
         self._shutdown()
 
@@ -163,7 +167,7 @@ class MqttLink:
         try:
             client = self._new_client()
             client.connect(self.host, self.port, keepalive=self.keepalive)
-        except (OSError, ssl.SSLError, ValueError) as e:
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
             problem = self.classify(e)
             self._failed_attempt(problem)
             return
@@ -171,6 +175,7 @@ class MqttLink:
         self._last_in = self._clock()
 
     def _new_client(self) -> mqtt.Client:
+        mqtt = paho()
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -235,7 +240,7 @@ class MqttLink:
     def _on_log(self, client, userdata, level, buf: str) -> None:
         if buf.startswith("Received"):
             self._last_in = self._clock()
-        elif level == mqtt.MQTT_LOG_ERR:
+        elif level == paho().MQTT_LOG_ERR:
             self._log_error = buf
 
     def _on_socket_close(self, client, userdata, sock) -> None:

@@ -9,7 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .mqtt import LinkState
+
+class LinkState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    REJECTED = "rejected"  # TLS or CONNACK refusal: needs the user (or the broker) to change
+    KICKED = "kicked"  # another client keeps taking over our client id
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the last attempt failed, in words a user can act on."""
+
+    state: LinkState
+    text: str
 
 
 class MeterHealth(StrEnum):

@@ -21,8 +21,7 @@ from .hostinfo import HostInfoReader
 from .led import StatusLed
 from .meter.reader import MeterReader
 from .mirror import Mirror
-from .mqtt import LinkState
-from .state import MeterState, Pattern, led_pattern, status_line
+from .state import LinkState, MeterState, Pattern, led_pattern, status_line
 from .systemd import Notifier
 from .tibber.uplink import TibberUplink
 

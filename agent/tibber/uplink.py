@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-
-import paho.mqtt.client as mqtt
+from typing import TYPE_CHECKING
 
 from ..config import TibberSettings
 from ..meter.telegram import Telegram
-from ..mqtt import LinkState, MqttLink, Problem
+from ..mqtt import MqttLink, paho
 from ..schedule import Every, RateLimit
-from ..state import MeterState
+from ..state import LinkState, MeterState, Problem
 from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Snapshot, Topics, obis_stream
+
+if TYPE_CHECKING:
+    import ssl
+
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class TibberUplink(MqttLink):
                 self.dropped += 1
                 return
             info = client.publish(self.topics.obis_stream, obis_stream(t.raw), qos=QOS_OBIS)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            if info.rc != paho().MQTT_ERR_SUCCESS:
                 self.dropped += 1
                 return
             self._rate.take(now)
@@ -117,6 +120,8 @@ class TibberUplink(MqttLink):
 
     # ------------------------------------------------------------- network thread hooks
     def tls_context(self) -> ssl.SSLContext:
+        import ssl
+
         s = self.settings
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its name
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -152,6 +157,8 @@ class TibberUplink(MqttLink):
         )
 
     def classify(self, error: BaseException | str) -> Problem:
+        import ssl
+
         rejected = LinkState.REJECTED
         if isinstance(error, ssl.SSLCertVerificationError):
             why = error.verify_message or str(error)

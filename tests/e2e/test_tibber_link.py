@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -15,7 +16,6 @@ from tests.harness.agent import (
     TOPIC_OBIS,
     UID,
 )
-from tests.harness.meter import encode_7e1
 from tests.harness.paths import read_capture, split_telegrams
 
 AHPOHL = "ebz_dd3_bz06eta_msb_ahpohl-smartmeter_7telegrams.txt"
@@ -55,8 +55,10 @@ def test_session_as_the_bridge_opens_it(start_agent, tls_broker, observer, pushi
     doc = json.loads(hello.payload)
     assert doc["id"] == 2000 and doc["name"] == "HUB_EVENT_MQTT_SUBSCRIBE_EVENT"
     assert doc["metrics"]["id"] == BRIDGE_ID and doc["metrics"]["nodes"][0]["eui"] == EUI
-    m = tls_broker.wait_for_log(rf"New client connected from 127\.0\.0\.1:\d+ as {BRIDGE_ID} "
-                                r"\(p2, c1, k60, u'tibber-bridge-test'\)")
+    m = tls_broker.wait_for_log(
+        rf"New client connected from 127\.0\.0\.1:\d+ as {BRIDGE_ID} "
+        r"\(p2, c1, k60, u'tibber-bridge-test'\)"
+    )
     assert m
     tls_broker.wait_for_log(rf"{BRIDGE_ID} 1 tibber-bridge/{UID}/receive")
     observer.wait_for(TOPIC_OBIS, timeout=10)
@@ -85,12 +87,13 @@ def test_hello_first_on_every_connect_and_only_fresh_data_after(
 def test_bridge_and_node_metrics_on_their_cadence(
     agent_config, start_agent, observer, pushing_meter
 ):
-    agent_config.tibber.update(bridge_metric_interval="2", node_metric_interval="3",
-                               obis_interval="0")
+    agent_config.tibber.update(
+        bridge_metric_interval="2", node_metric_interval="3", obis_interval="0"
+    )
     start_agent()
     bridge = observer.wait_count(3, TOPIC_BRIDGE_METRIC, timeout=12)
     node = observer.wait_count(2, TOPIC_NODE_METRIC, timeout=12)
-    gaps = [b.t - a.t for a, b in zip(bridge, bridge[1:], strict=False)]
+    gaps = [b.t - a.t for a, b in itertools.pairwise(bridge)]
     assert all(1.7 < g < 2.4 for g in gaps), gaps
     for m in bridge:
         doc = json.loads(m.payload)
@@ -111,8 +114,9 @@ def test_bridge_and_node_metrics_on_their_cadence(
         assert 2 <= ns["meter_msg_count_sent"] <= 4
 
 
-def test_downlink_is_logged_never_answered(start_agent, tls_broker, observer, observer_factory,
-                                          pushing_meter):
+def test_downlink_is_logged_never_answered(
+    start_agent, tls_broker, observer, observer_factory, pushing_meter
+):
     agent = start_agent()
     observer.wait_for(TOPIC_EVENT, timeout=10)
     tls_broker.wait_for_log(rf"{BRIDGE_ID} 1 tibber-bridge/{UID}/receive")
@@ -120,17 +124,19 @@ def test_downlink_is_logged_never_answered(start_agent, tls_broker, observer, ob
     sender._client.publish(f"tibber-bridge/{UID}/receive", b'{"cmd":"version"}', qos=1)
     agent.wait_for_log("downlink message on tibber-bridge/", timeout=5)
     time.sleep(0.5)
-    replies = [m for m in observer.messages if m.topic.startswith("tibber-bridge/")
-               and m.payload != b'{"cmd":"version"}']
+    replies = [
+        m
+        for m in observer.messages
+        if m.topic.startswith("tibber-bridge/") and m.payload != b'{"cmd":"version"}'
+    ]
     assert replies == []
 
 
-def test_rate_limit_every_second_telegram_at_1s(agent_config, start_agent, observer,
-                                               pushing_meter):
+def test_rate_limit_every_second_telegram_at_1s(agent_config, start_agent, observer, pushing_meter):
     """obis_interval 2 with a meter pushing every second: every second telegram, never
     every third (the Pulse sends about every 2 s)."""
     start_agent()
     first = observer.wait_for(TOPIC_OBIS, timeout=10)
     got = observer.wait_count(5, TOPIC_OBIS, timeout=15, after=first.t - 0.01)
     seconds = [int(re.search(rb"96\.8\.0\*255\(([0-9A-F]{8})\)", m.payload)[1], 16) for m in got]
-    assert [b - a for a, b in zip(seconds, seconds[1:], strict=False)] == [2, 2, 2, 2]
+    assert [b - a for a, b in itertools.pairwise(seconds)] == [2, 2, 2, 2]
