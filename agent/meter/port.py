@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import termios
+import time
 from dataclasses import dataclass
 
 import serial
@@ -93,6 +94,25 @@ class MeterPort:
             # Readable but empty: the device went away (the same test pyserial makes).
             raise serial.SerialException("device reports readiness to read but returned no data")
         return data
+
+    def read_now(self) -> bytes:
+        """Whatever has arrived, without waiting."""
+        if self._fd is None:
+            return self._serial.read(self._serial.in_waiting)
+        self._set_vmin(0)
+        try:
+            return os.read(self._fd, 4096)
+        except BlockingIOError:
+            return b""
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep on a timer, not on the port (see pacing.py); PortClosed if cancelled."""
+        if self._wake is None:
+            time.sleep(seconds)
+            return
+        ready, _, _ = select.select([self._wake], [], [], seconds)
+        if ready:
+            raise PortClosed
 
     def _read_generic(self, wanted: int, timeout: float) -> bytes:
         """URLs without a file descriptor (socket://, rfc2217://): pyserial's own timeout."""

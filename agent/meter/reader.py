@@ -16,6 +16,7 @@ from typing import Protocol
 from ..config import MeterSettings
 from ..schedule import Backoff
 from ..state import MeterHealth, MeterState
+from .pacing import Pacing
 from .pipeline import Pipeline, RejectionLog, Result
 from .port import PORT_ERRORS, MeterPort, PortClosed, expected_read_time
 from .telegram import Telegram
@@ -64,6 +65,7 @@ class MeterReader:
         self._port: MeterPort | None = None
         self._thread: threading.Thread | None = None
         self._held_at = 0.0
+        self._pacing = Pacing()
         self._last_framed = 0.0
         self.state.port = settings.port
         self.state.heartbeat = clock()
@@ -110,6 +112,7 @@ class MeterReader:
                 self._port = None
                 port.close()
                 self.pipeline.resync()
+                self._pacing.lost()
             if self.state.accepted > accepted_before:
                 backoff.succeeded()
             backoff.failed()
@@ -136,14 +139,28 @@ class MeterReader:
                     self._set_health(MeterHealth.GARBLED, self._main_rejection())
                 else:
                     self._set_health(MeterHealth.NO_DATA, "no data from the IR head")
+            framer = self.pipeline.framer
             wanted = self.pipeline.wanted()
-            if self.pipeline.framer.pending:
-                timeout = expected_read_time(min(wanted, 255))
+            nap = self._pacing.step(now, framer.pending, wanted, framer.last_length).nap
+            if nap:
+                port.sleep(nap)
+                data = port.read_now()
+                if not data and not framer.pending:
+                    self._pacing.lost()  # the predicted telegram did not come
+            elif framer.pending:
+                data = port.read(wanted, expected_read_time(min(wanted, 255)))
             else:
                 timeout = min(IDLE_READ, max(0.05, self.settings.stale_after - (now - last_good)))
-            data = port.read(wanted, timeout)
+                data = port.read(1, timeout)
             if data:
+                was_pending = framer.pending
+                done_before = framer.stats.telegrams
                 self.feed(data)
+                now = self._clock()
+                if framer.stats.telegrams > done_before:
+                    self._pacing.finished(now, framer.last_length, seen_arriving=not nap)
+                if framer.pending and (not was_pending or framer.stats.telegrams > done_before):
+                    self._pacing.started(now, framer.pending)
             line = self.rejections.tick(self._clock())
             if line:
                 log.warning("meter: %s", line)
