@@ -238,6 +238,10 @@ def load(path: Path, *, need_tibber: bool = True) -> Settings:
         raise ConfigError("config", "", f"{path} does not exist") from None
     except PermissionError:
         raise ConfigError("config", "", f"{path} is not readable by this user") from None
+    except IsADirectoryError:
+        raise ConfigError("config", "", f"{path} is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError("config", "", f"cannot read {path}: {e.strerror}") from None
     except (configparser.Error, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0]
         raise ConfigError("config", "", f"{path} cannot be parsed: {first}") from None

@@ -28,6 +28,7 @@ from .telegram import (
     POWER_TOTAL,
     Reason,
     Telegram,
+    salvage,
 )
 
 # A household connection: 3 x 100 A x 230 V is 69 kW (the 100 A eBZ); nothing draws more.
@@ -43,6 +44,12 @@ ADOPT_AFTER = 3
 # The reference itself may be wrong only if damage survived every check twice in a row;
 # a consistent run this long that contradicts it wins, so the agent never stays stuck.
 OVERRULE_AFTER = 10
+
+
+# What may legitimately change from one second to the next beyond the tight checks: the
+# status word, and the voltage by more than a few volts. Such a telegram waits for its
+# successor's confirmation instead of being rejected.
+_STEPS = (Reason.VALUE, Reason.RANGE)
 
 
 class Outcome(StrEnum):
@@ -134,21 +141,37 @@ class Validator:
         ref = self.reference
         if ref is not None and t.key != ref.key:
             why = Reason.IDENTITY if t.layout == ref.layout else Reason.LAYOUT
-            return self._challenge(t, why, self._adopt_after)
+            verdict = self._challenge(t, why, self._adopt_after)
+            witness = salvage(t.raw, ref) if why is Reason.LAYOUT else None
+            if verdict.outcome is Outcome.REJECTED and witness is not None:
+                # A lost byte changes one line's width; the other lines still tell.
+                released = self._vouch(witness, why)
+                self.stats.rejected[why] -= 1  # counted once, by _challenge
+                return Verdict(Outcome.REJECTED, publish=released.publish, reason=why)
+            return verdict
         if ref is not None:
             loose = _plausible(ref, t)
             if loose is not None:
                 if t.seconds is not None:
-                    self._remember(t.seconds, [t])  # its power still tells about its second
+                    # Its power still tells about its second (not its energy: suspect).
+                    self._remember(t.seconds, [_power_only(t)])
                 return self._challenge(t, loose, self._overrule_after)
 
-        # Confirmed by the reference or a candidate one second before, or two seconds
-        # before with the lost second's power known from a rejected telegram's lines.
+        # Checked tightly against the reference or a candidate one second before, or
+        # across a lost second whose power a rejected telegram's lines still tell.
         anchors = [*([ref] if ref is not None else []), *self._candidates]
         for anchor in reversed(anchors):
-            if _confirms(anchor, t) is None or self._bridged(anchor, t, orphan):
+            why = _confirms(anchor, t)
+            if why is None or (why is Reason.SECONDS and self._bridged(anchor, t, orphan)):
                 earlier = () if anchor is ref else (anchor,)
                 return Verdict(Outcome.ACCEPTED, publish=self._accept(*earlier, t))
+            if why is not Reason.SECONDS and why not in _STEPS and anchor is ref:
+                # The second right after the reference contradicts it: t is damaged
+                # (or, rarely, the reference was: then the next seconds overrule it).
+                # Its power adds up, so it still tells the power of its second.
+                self.stats.rejected[why] += 1
+                self._remember(t.seconds, [_power_only(t)])
+                return Verdict(Outcome.REJECTED, reason=why)
         if ref is not None and t.seconds is not None:
             before = self._witnesses.get(t.seconds - 1, [])
             if any(
@@ -156,7 +179,8 @@ class Validator:
                 for w in before
             ):
                 return Verdict(Outcome.ACCEPTED, publish=self._accept(t))
-        # Plausible, but nothing checks it tightly yet (a gap, a status or voltage step):
+        # Plausible, but nothing checks it tightly yet (after a gap; after a status or
+        # voltage step; or it contradicts a candidate, one of the two being damaged):
         # publish once the next second confirms it.
         self._candidates.append(t)
         self._drop_candidates(t.seconds)
@@ -167,8 +191,17 @@ class Validator:
         the second between (an orphan, arriving just before t, can only be that second)."""
         if anchor.seconds is None or t.seconds != anchor.seconds + 2:
             return False
-        lost = self._witnesses.get(anchor.seconds + 1) or orphan
-        return any(_bridges(anchor, w, t) is None for w in lost)
+        second = anchor.seconds + 1
+        lost = self._witnesses.get(second) or orphan
+        lost = lost + [c for c in self._candidates if c.seconds == second]
+        for w in lost:
+            # With its energy too, hold it to the one-second physics on both sides; else
+            # (or if its energy was the damaged line) use its power across both seconds.
+            if _complete(w, t) and _confirms(anchor, w) is None and _confirms(w, t) is None:
+                return True
+            if _bridges(anchor, w, t) is None:
+                return True
+        return False
 
     def _remember(self, seconds: int, variants: list[Telegram]) -> None:
         base = self.reference.seconds if self.reference and self.reference.seconds else 0
@@ -261,7 +294,8 @@ def _plausible(ref: Telegram, t: Telegram) -> Reason | None:
         if grown < 0:
             return Reason.ENERGY_FELL
         # kWh from W*s: 1 kWh = 3.6e6 W*s.
-        if dt is not None and grown * 3_600_000 > (MAX_POWER_W * dt + 3_600_000) * 10**scale:
+        # Units of 1e-scale kWh to W*s: * 3.6e6 / 10**scale. One display digit of slack.
+        if dt is not None and grown * 3_600_000 > MAX_POWER_W * dt * 10**scale + 3_600_000:
             return Reason.ENERGY_RATE
     return None
 
@@ -303,7 +337,8 @@ def _bridges(prev: Telegram, lost: Telegram, t: Telegram) -> Reason | None:
         return Reason.SECONDS
     net, scale, total, imported, exported = energy
     expected = (lost_total + total) * 10**scale / 360_000_000
-    if abs(net - expected) > 2 * (AGREEMENT_DIGITS + _rounding(scale)):
+    # One truncation of the register, as over one second; two roundings of the power.
+    if abs(net - expected) > AGREEMENT_DIGITS + 2 * _rounding(scale):
         return Reason.ENERGY_POWER
     signs = {_sign(prev.power.get(POWER_TOTAL, 0)), _sign(lost_total), _sign(total)}
     if exported is not None and (
@@ -311,6 +346,10 @@ def _bridges(prev: Telegram, lost: Telegram, t: Telegram) -> Reason | None:
     ):
         return Reason.ENERGY_POWER
     return None
+
+
+def _power_only(t: Telegram) -> Telegram:
+    return replace(t, energy={})
 
 
 def _complete(w: Telegram, like: Telegram) -> bool:

@@ -1,0 +1,486 @@
+"""config.ini: every key's error names `[section] key`; defaults; paths; credential files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, check_files, load
+from tests.harness.certs import Pki
+from tests.harness.paths import REPO_ROOT
+
+UID = "0123456789abcdef0123456789ABCDEF"
+BRIDGE_ID = "3494545e84000"
+EUI = "dc8e95fffeb82bfe"
+
+VALID: dict[str, dict[str, str]] = {
+    "meter": {"port": "/dev/ttyUSB0", "baudrate": "9600", "stale_after": "10"},
+    "tibber": {
+        "mqtt_url": "a1zhmn1192zl1a.iot.eu-west-1.amazonaws.com",
+        "mqtt_port": "8883",
+        "ca_cert": "ca.pem",
+        "certificate": "certificate.pem",
+        "private_key": "private.key",
+        "uid": UID,
+        "bridge_id": BRIDGE_ID,
+        "eui": EUI,
+        "client_id": "",
+        "mqtt_topic": "",
+        "keepalive": "60",
+        "obis_interval": "2",
+        "bridge_metric_interval": "120",
+        "node_metric_interval": "300",
+        "bridge_metrics_template": "",
+        "node_metrics_template": "",
+    },
+    "mirror": {
+        "enabled": "false",
+        "host": "localhost",
+        "port": "1883",
+        "topic": "/ebz/raw",
+        "username": "",
+        "password": "",
+        "ca_cert": "",
+    },
+    "led": {"enabled": "true", "gpio": "17", "active_high": "true"},
+}
+
+
+def write(
+    directory: Path,
+    changes: dict[tuple[str, str], str | None] | None = None,
+    extra: str = "",
+) -> Path:
+    """A complete valid config with `changes` applied (None removes the key)."""
+    sections = {s: dict(keys) for s, keys in VALID.items()}
+    for (section, key), value in (changes or {}).items():
+        if value is None:
+            sections[section].pop(key, None)
+        else:
+            sections[section][key] = value
+    text = "".join(
+        f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + "\n"
+        for s, keys in sections.items()
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.ini"
+    path.write_text(text + extra, encoding="utf-8")
+    return path
+
+
+def load_error(path: Path, *, need_tibber: bool = True) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(path, need_tibber=need_tibber)
+    message = str(info.value)
+    assert "\n" not in message  # one line
+    return message
+
+
+# --- a valid file --------------------------------------------------------------------------------
+
+
+def test_a_complete_config_loads_with_typed_values(tmp_path: Path) -> None:
+    s = load(write(tmp_path))
+    assert s.meter.port == "/dev/ttyUSB0" and s.meter.baudrate == 9600
+    assert s.meter.stale_after == 10.0
+    t = s.tibber
+    assert t is not None
+    assert (t.uid, t.bridge_id, t.eui) == (UID, BRIDGE_ID, EUI)
+    assert t.mqtt_port == 8883 and t.keepalive == 60
+    assert t.mqtt_client_id == BRIDGE_ID  # client id defaults to the bridge id
+    assert t.obis_interval == 2.0
+    assert (t.bridge_metric_interval, t.node_metric_interval) == (120.0, 300.0)
+    assert s.mirror.enabled is False and s.mirror.topic == "/ebz/raw"
+    assert s.led.enabled is True and s.led.gpio == 17 and s.led.active_high is True
+
+
+def test_fractional_intervals_and_zero_obis_interval(tmp_path: Path) -> None:
+    s = load(
+        write(
+            tmp_path,
+            {
+                ("meter", "stale_after"): "2.5",
+                ("tibber", "obis_interval"): "0",
+                ("tibber", "bridge_metric_interval"): "90.5",
+                ("tibber", "node_metric_interval"): "299.75",
+            },
+        )
+    )
+    assert s.meter.stale_after == 2.5
+    assert s.tibber is not None
+    assert s.tibber.obis_interval == 0.0
+    assert s.tibber.bridge_metric_interval == 90.5
+    assert s.tibber.node_metric_interval == 299.75
+    assert load(write(tmp_path, {("tibber", "obis_interval"): "1.5"})).tibber.obis_interval == 1.5  # type: ignore[union-attr]
+
+
+def test_empty_values_take_the_defaults(tmp_path: Path) -> None:
+    changes: dict[tuple[str, str], str | None] = {
+        (s, k): "" for s, keys in VALID.items() for k in keys if (s, k) not in _REQUIRED
+    }
+    s = load(write(tmp_path, changes))
+    assert s.meter.port == "/dev/ttyUSB0" and s.meter.baudrate == 9600
+    assert s.tibber is not None and s.tibber.mqtt_port == 8883 and s.tibber.obis_interval == 2.0
+    assert s.tibber.ca_cert == tmp_path / "ca.pem"
+    assert s.mirror.host == "localhost" and s.mirror.port == 1883 and s.mirror.ca_cert is None
+    assert s.led.gpio == 17
+
+
+def test_the_mirror_and_led_sections_may_be_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "config.ini"
+    tibber = "".join(f"{k} = {v}\n" for k, v in VALID["tibber"].items())
+    path.write_text(f"[tibber]\n{tibber}")
+    s = load(path)
+    assert s.meter.port == "/dev/ttyUSB0" and not s.mirror.enabled and s.led.enabled
+
+
+# --- every key's error ---------------------------------------------------------------------------
+
+BROKEN: list[tuple[str, str, str]] = [
+    ("meter", "port", "/dev/tty USB0"),
+    ("meter", "baudrate", "fast"),
+    ("meter", "baudrate", "299"),
+    ("meter", "baudrate", "115201"),
+    ("meter", "baudrate", "9600.0"),
+    ("meter", "stale_after", "ten"),
+    ("meter", "stale_after", "0.5"),
+    ("meter", "stale_after", "3601"),
+    ("meter", "stale_after", "nan"),
+    ("meter", "stale_after", "inf"),
+    ("tibber", "mqtt_url", "mqtts://a1zhmn1192zl1a.iot.eu-west-1.amazonaws.com"),
+    ("tibber", "mqtt_url", "a1zhmn1192zl1a.iot.eu-west-1.amazonaws.com:8883"),
+    ("tibber", "mqtt_url", "broker.example/mqtt"),
+    ("tibber", "mqtt_url", "bad_host!"),
+    ("tibber", "mqtt_url", "-leading-dash.example"),
+    ("tibber", "mqtt_port", "0"),
+    ("tibber", "mqtt_port", "65536"),
+    ("tibber", "mqtt_port", "8883x"),
+    ("tibber", "uid", UID[:-1]),
+    ("tibber", "uid", UID + "0"),
+    ("tibber", "uid", "g" + UID[1:]),
+    ("tibber", "bridge_id", BRIDGE_ID[:11]),
+    ("tibber", "bridge_id", BRIDGE_ID + "0"),
+    ("tibber", "bridge_id", "3494545e8400z"),
+    ("tibber", "eui", EUI[:-1]),
+    ("tibber", "eui", EUI + "00"),
+    ("tibber", "eui", "dc:8e:95:ff:fe:b8"),
+    ("tibber", "client_id", "has space"),
+    ("tibber", "client_id", "x" * 129),
+    ("tibber", "mqtt_topic", "tibber-bridge/#"),
+    ("tibber", "mqtt_topic", "tibber-bridge/+/publish"),
+    ("tibber", "mqtt_topic", "tibber-bridge/uid/publish/"),
+    ("tibber", "mqtt_topic", "tibber bridge/publish"),
+    ("tibber", "keepalive", "0"),
+    ("tibber", "keepalive", "1201"),
+    ("tibber", "keepalive", "60s"),
+    ("tibber", "obis_interval", "0.05"),
+    ("tibber", "obis_interval", "-1"),
+    ("tibber", "obis_interval", "3601"),
+    ("tibber", "obis_interval", "two"),
+    ("tibber", "bridge_metric_interval", "0.5"),
+    ("tibber", "bridge_metric_interval", "86401"),
+    ("tibber", "bridge_metric_interval", "0"),
+    ("tibber", "node_metric_interval", "0"),
+    ("tibber", "node_metric_interval", "1e6"),
+    ("tibber", "node_metric_interval", "5 min"),
+    ("tibber", "bridge_metrics_template", "missing.json"),
+    ("tibber", "node_metrics_template", "missing.json"),
+    ("mirror", "enabled", "maybe"),
+    ("mirror", "host", "mqtt://localhost"),
+    ("mirror", "host", "localhost:1883"),
+    ("mirror", "port", "70000"),
+    ("mirror", "port", "-1"),
+    ("mirror", "topic", "/ebz/#"),
+    ("mirror", "topic", "/ebz/raw/"),
+    ("mirror", "password", "secret"),  # without a username
+    ("led", "enabled", "2"),
+    ("led", "gpio", "28"),
+    ("led", "gpio", "-1"),
+    ("led", "gpio", "GPIO17"),
+    ("led", "active_high", "high"),
+]
+_REQUIRED = {("tibber", k) for k in ("mqtt_url", "uid", "bridge_id", "eui")}
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"), BROKEN, ids=[f"{s}.{k}={v[:20]}" for s, k, v in BROKEN]
+)
+def test_a_broken_key_is_named_in_the_error(
+    tmp_path: Path, section: str, key: str, value: str
+) -> None:
+    message = load_error(write(tmp_path, {(section, key): value}))
+    assert message.startswith(f"[{section}] {key}: "), message
+    assert len(message) > len(f"[{section}] {key}: ") + 5  # and says what is wrong
+
+
+def test_every_key_has_a_broken_case() -> None:
+    """The table above covers the whole schema; the three PEM paths fail in check_files."""
+    covered = {(s, k) for s, k, _ in BROKEN} | {
+        ("tibber", "ca_cert"),
+        ("tibber", "certificate"),
+        ("tibber", "private_key"),
+        ("mirror", "username"),  # free text; its error is the password's (tested above)
+        ("mirror", "ca_cert"),  # a path: resolved, used by the mirror's TLS
+    }
+    assert covered == {(s, k) for s, keys in VALID.items() for k in keys}
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(_REQUIRED))
+def test_a_missing_required_key_is_named(tmp_path: Path, section: str, key: str) -> None:
+    for value in (None, ""):
+        message = load_error(write(tmp_path, {(section, key): value}))
+        assert message.startswith(f"[{section}] {key}: ") and "required" in message
+
+
+def test_the_tibber_section_missing_entirely(tmp_path: Path) -> None:
+    path = tmp_path / "config.ini"
+    path.write_text("[meter]\nport = /dev/ttyUSB1\n")
+    assert load_error(path).startswith("[tibber] mqtt_url: ")
+    assert load(path, need_tibber=False).meter.port == "/dev/ttyUSB1"
+
+
+def test_an_unknown_section_is_named(tmp_path: Path) -> None:
+    message = load_error(write(tmp_path, extra="[metre]\nport = /dev/ttyUSB0\n"))
+    assert message.startswith("[metre]") and "unknown section" in message
+
+
+def test_an_unknown_key_is_named(tmp_path: Path) -> None:
+    message = load_error(write(tmp_path, {("meter", "speed"): "9600"}))
+    assert message.startswith("[meter] speed: ") and "unknown key" in message
+    # A typo of a known key too.
+    message = load_error(write(tmp_path, {("tibber", "mqtt_host"): "broker"}))
+    assert message.startswith("[tibber] mqtt_host: ")
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    message = load_error(tmp_path / "nope.ini")
+    assert "does not exist" in message and "nope.ini" in message
+
+
+def test_a_file_that_is_not_ini(tmp_path: Path) -> None:
+    path = tmp_path / "config.ini"
+    path.write_text("port = /dev/ttyUSB0\n")  # no section header
+    assert "cannot be parsed" in load_error(path)
+    path.write_bytes(b"[meter]\nport = /dev/tty\xff\n")
+    assert "cannot be parsed" in load_error(path)
+    path.write_text("[meter]\nport = a\nport = b\n")  # a key given twice
+    assert "cannot be parsed" in load_error(path)
+
+
+def test_a_directory_instead_of_a_file(tmp_path: Path) -> None:
+    """`-c /etc/tibber-agent` (the folder, not the file) is a config error, not a crash."""
+    message = load_error(tmp_path)
+    assert str(tmp_path) in message
+
+
+def test_an_unreadable_file(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    path.chmod(0)
+    if os.geteuid() != 0:
+        assert "not readable" in load_error(path)
+        return
+    # Root reads anything: check as an unprivileged user in a child process.
+    shared = Path(shutil.copytree(tmp_path, Path("/tmp") / f"cfg-{os.getpid()}-{id(path)}"))
+    try:
+        shared.chmod(0o755)
+        (shared / "config.ini").chmod(0)
+        read, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: drop to nobody, report the error text
+            try:
+                os.close(read)
+                os.setgid(65534)
+                os.setuid(65534)
+                try:
+                    load(shared / "config.ini")
+                    text = "loaded"
+                except ConfigError as e:
+                    text = str(e)
+                os.write(write_end, text.encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read, "rb") as f:
+            text = f.read().decode()
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(shared)
+    assert text.startswith("[config]") and "not readable" in text, text
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    base = tmp_path / "etc" / "tibber-agent"
+    (base / "certs").mkdir(parents=True)
+    (base / "captured.json").write_text('{"status": {"vcc": 3.31}}')
+    (base / "node.json").write_text('{"node_status": {"product_id": 1}}')
+    s = load(
+        write(
+            base,
+            {
+                ("tibber", "ca_cert"): "certs/ca.pem",
+                ("tibber", "certificate"): "/opt/creds/cert.pem",
+                ("tibber", "private_key"): "private.key",
+                ("tibber", "bridge_metrics_template"): "captured.json",
+                ("tibber", "node_metrics_template"): str(base / "node.json"),
+                ("mirror", "ca_cert"): "certs/mirror-ca.pem",
+            },
+        )
+    )
+    assert s.tibber is not None
+    assert s.tibber.ca_cert == base / "certs" / "ca.pem"
+    assert s.tibber.certificate == Path("/opt/creds/cert.pem")
+    assert s.tibber.private_key == base / "private.key"
+    assert s.tibber.bridge_metrics_template == {"status": {"vcc": 3.31}}
+    assert s.tibber.node_metrics_template == {"node_status": {"product_id": 1}}
+    assert s.mirror.ca_cert == base / "certs" / "mirror-ca.pem"
+    # Not against the working directory of whoever starts the agent.
+    assert os.getcwd() != str(base)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("{not json", "not JSON"), ("[1, 2]", "JSON object")],
+)
+def test_a_template_that_is_not_a_json_object(tmp_path: Path, content: str, problem: str) -> None:
+    (tmp_path / "t.json").write_text(content)
+    for key in ("bridge_metrics_template", "node_metrics_template"):
+        message = load_error(write(tmp_path, {("tibber", key): "t.json"}))
+        assert message.startswith(f"[tibber] {key}: ") and problem in message
+
+
+# --- credential files ----------------------------------------------------------------------------
+
+
+def creds_config(directory: Path, pki: Pki) -> Path:
+    return write(
+        directory,
+        {
+            ("tibber", "ca_cert"): str(pki.ca),
+            ("tibber", "certificate"): str(pki.client_crt),
+            ("tibber", "private_key"): str(pki.client_key),
+        },
+    )
+
+
+def tibber_of(path: Path):  # type: ignore[no-untyped-def]
+    t = load(path).tibber
+    assert t is not None
+    return t
+
+
+def test_check_files_accepts_real_pem_files_with_a_private_key(tmp_path: Path, pki: Pki) -> None:
+    pki.client_key.chmod(0o640)
+    check_files(tibber_of(creds_config(tmp_path, pki)))
+
+
+@pytest.mark.parametrize("key", ["ca_cert", "certificate", "private_key"])
+def test_check_files_names_a_missing_file(tmp_path: Path, pki: Pki, key: str) -> None:
+    t = tibber_of(
+        write(
+            tmp_path,
+            {
+                ("tibber", "ca_cert"): str(pki.ca),
+                ("tibber", "certificate"): str(pki.client_crt),
+                ("tibber", "private_key"): str(pki.client_key),
+                ("tibber", key): "gone.pem",
+            },
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        check_files(t)
+    assert str(info.value).startswith(f"[tibber] {key}: ") and "does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["ca_cert", "certificate", "private_key"])
+def test_check_files_names_a_file_that_is_not_pem(tmp_path: Path, pki: Pki, key: str) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"\x30\x82\x01\x0a" + os.urandom(64))  # DER, not PEM
+    junk.chmod(0o600)
+    t = tibber_of(
+        write(
+            tmp_path,
+            {
+                ("tibber", "ca_cert"): str(pki.ca),
+                ("tibber", "certificate"): str(pki.client_crt),
+                ("tibber", "private_key"): str(pki.client_key),
+                ("tibber", key): str(junk),
+            },
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        check_files(t)
+    assert str(info.value).startswith(f"[tibber] {key}: ") and "not a PEM" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602])
+def test_check_files_refuses_a_key_open_to_others(tmp_path: Path, pki: Pki, mode: int) -> None:
+    pki.client_key.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        check_files(tibber_of(creds_config(tmp_path, pki)))
+    message = str(info.value)
+    assert message.startswith("[tibber] private_key: ")
+    assert f"{mode:04o}" in message and "chmod" in message
+    assert "PRIVATE KEY" not in message  # key material is never shown
+
+
+# --- the annotated config.ini at the repo root ---------------------------------------------------
+
+ANNOTATED = REPO_ROOT / "config.ini"
+
+
+def test_the_annotated_config_loads_without_tibber() -> None:
+    s = load(ANNOTATED, need_tibber=False)
+    assert s.tibber is None
+    assert s.meter.port == "/dev/ttyUSB0" and s.meter.baudrate == 9600
+    assert s.meter.stale_after == 10.0
+    assert s.mirror.enabled is False and s.mirror.topic == "/ebz/raw"
+    assert s.led.gpio == 17
+
+
+def test_the_annotated_config_needs_the_tibber_ids() -> None:
+    assert load_error(ANNOTATED).startswith("[tibber] mqtt_url: ")
+
+
+def test_the_annotated_config_with_the_ids_filled_in(tmp_path: Path) -> None:
+    text = ANNOTATED.read_text()
+    for key, value in [
+        ("mqtt_url", "a1zhmn1192zl1a.iot.eu-west-1.amazonaws.com"),
+        ("uid", UID),
+        ("bridge_id", BRIDGE_ID),
+        ("eui", EUI),
+    ]:
+        text, n = re.subn(rf"(?m)^{key} =$", f"{key} = {value}", text)
+        assert n == 1, key
+    path = tmp_path / "config.ini"
+    path.write_text(text)
+    s = load(path)
+    t = s.tibber
+    assert t is not None
+    assert (t.uid, t.bridge_id, t.eui, t.mqtt_port) == (UID, BRIDGE_ID, EUI, 8883)
+    assert t.ca_cert == tmp_path / "ca.pem" and t.private_key == tmp_path / "private.key"
+    assert t.obis_interval == 2.0 and t.keepalive == 60
+    assert t.publish_base == f"$aws/rules/ingest_tibber_bridge_data/tibber-bridge/{UID}/publish"
+    assert t.bridge_metrics_template is None and t.node_metrics_template is None
+
+
+def test_the_annotated_config_documents_every_key() -> None:
+    text = ANNOTATED.read_text()
+    sections = re.findall(r"(?m)^\[(\w+)\]$", text)
+    assert sections == list(VALID)
+    keys = set(re.findall(r"(?m)^(\w+) =", text))
+    assert keys == {k for section in VALID.values() for k in section}
+
+
+def test_a_template_is_read_as_given(tmp_path: Path) -> None:
+    doc = {"$type": "status", "status": {"vcc": 3.3, "heap": 100000}}
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    t = tibber_of(write(tmp_path, {("tibber", "bridge_metrics_template"): "m.json"}))
+    assert t.bridge_metrics_template == doc
