@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -36,5 +37,6 @@ def setup(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # paho logs through our on_log hook only; keep third-party chatter out of the journal.
-    logging.getLogger("gpiozero").setLevel(logging.WARNING)
+    # gpiozero warns once per pin library it tries; the agent says in one line that the
+    # LED is disabled, and why.
+    warnings.filterwarnings("ignore", module=r"gpiozero\.")

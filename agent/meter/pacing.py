@@ -37,7 +37,9 @@ class Pacing:
 
     def step(self, now: float, pending: int, remaining: int, length: int) -> Step:
         """`pending` bytes of a telegram in hand, `remaining` expected, `length` usual."""
-        if self._napped or not length:
+        if self._napped or not length or self.period is None:
+            # Only a steady push is predictable (a replay faster than the line, or a
+            # meter just plugged in, is read as it comes).
             return Step()
         if pending and remaining > TAIL_BYTES:
             nap = remaining * self.char_time - EARLY

@@ -82,28 +82,38 @@ class MeterPort:
             raise PortClosed
         if not ready:
             self._set_vmin(0)  # take what is there, however little
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return b""
-        except OSError as e:
-            if e.errno == errno.EAGAIN:
-                return b""
-            raise
+        data = self._drain(fd)
         if ready and not data:
             # Readable but empty: the device went away (the same test pyserial makes).
             raise serial.SerialException("device reports readiness to read but returned no data")
         return data
+
+    @staticmethod
+    def _drain(fd: int) -> bytes:
+        """All bytes waiting (a pty hands out 64 per read())."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    break
+                raise
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if len(chunk) < 64:
+                break  # less than a pty's portion: nothing more waiting
+        return b"".join(chunks)
 
     def read_now(self) -> bytes:
         """Whatever has arrived, without waiting."""
         if self._fd is None:
             return self._serial.read(self._serial.in_waiting)
         self._set_vmin(0)
-        try:
-            return os.read(self._fd, 4096)
-        except BlockingIOError:
-            return b""
+        return self._drain(self._fd)
 
     def sleep(self, seconds: float) -> None:
         """Sleep on a timer, not on the port (see pacing.py); PortClosed if cancelled."""
