@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,9 +13,11 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
+from agent.meter.simulator import SimulatedEbz
+from tests.harness.agent import AgentConfig, AgentProcess
 from tests.harness.broker import PlainBroker, TlsBroker
 from tests.harness.certs import Pki, make_pki
-from tests.harness.meter import PtyMeter
+from tests.harness.meter import PtyMeter, encode_7e1
 from tests.harness.notify import NotifySocket
 from tests.harness.observer import Observer
 
@@ -98,3 +103,71 @@ def gpio_mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
     finally:
         factory.reset()
         Device.pin_factory = saved
+
+
+# ---------------------------------------------------------------- the agent as a process
+MakeAgent = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def agent_config(tmp_path: Path, tls_broker: TlsBroker, pki: Pki) -> AgentConfig:
+    return AgentConfig(tmp_path / "agent", str(tmp_path / "ttyIR"), tls_broker.port, pki)
+
+
+@pytest.fixture
+def start_agent(agent_config: AgentConfig) -> Iterator[MakeAgent]:
+    """start_agent(command="run", env=None) -> a running agent, stopped at teardown."""
+    started: list[AgentProcess] = []
+
+    def start(command: str = "run", env: dict[str, str] | None = None) -> AgentProcess:
+        agent_config.write()
+        agent = AgentProcess(agent_config.path, command, env).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture
+def simulated_meter() -> SimulatedEbz:
+    return SimulatedEbz(rng=random.Random(7))
+
+
+@pytest.fixture
+def pushing_meter(pty_meter: PtyMeter, simulated_meter: SimulatedEbz) -> PtyMeter:
+    """The pty sends one simulated telegram per second, paced like 9600 baud."""
+    pty_meter.start_pushing(lambda: encode_7e1(simulated_meter.next_telegram()), period=1.0)
+    return pty_meter
+
+
+# ---------------------------------------------------------------- measured figures
+Figure = Callable[..., None]
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Figure:
+    """figure(fault, injected, measured, bound, ok, **details): one row of
+    docs/reliability.md, appended to $FAULT_RESULTS (JSON lines) when that is set."""
+
+    def record(
+        fault: str, injected: str, measured: str, bound: str, ok: bool, **details: object
+    ) -> None:
+        results = os.environ.get("FAULT_RESULTS")
+        if not results:
+            return
+        row = {
+            "test": request.node.nodeid,
+            "fault": fault,
+            "injected": injected,
+            "measured": measured,
+            "bound": bound,
+            "ok": bool(ok),
+            "scale": float(os.environ.get("FAULT_SCALE", "1")),
+            **details,
+        }
+        with Path(results).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    return record

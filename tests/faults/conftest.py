@@ -7,18 +7,12 @@ counts are scaled down, never the bounds.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 # CI runs the suite at scale 1 (minutes); scripts/reliability.py at a larger scale.
 SCALE = float(os.environ.get("FAULT_SCALE", "1"))
-RESULTS = os.environ.get("FAULT_RESULTS")  # a JSON-lines file the figures are appended to
-
-Figure = Callable[..., None]
 
 
 def scaled(n: int, minimum: int = 1) -> int:
@@ -32,25 +26,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.faults)
 
 
-@pytest.fixture
-def figure(request: pytest.FixtureRequest) -> Figure:
-    """figure(fault, injected, measured, bound, ok, **details): one row of the report."""
-
-    def record(
-        fault: str, injected: str, measured: str, bound: str, ok: bool, **details: object
-    ) -> None:
-        row = {
-            "test": request.node.nodeid,
-            "fault": fault,
-            "injected": injected,
-            "measured": measured,
-            "bound": bound,
-            "ok": bool(ok),
-            "scale": SCALE,
-            **details,
-        }
-        if RESULTS:
-            with Path(RESULTS).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-    return record
+# The `figure` fixture (one row of docs/reliability.md) is in tests/conftest.py.
