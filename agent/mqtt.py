@@ -157,7 +157,10 @@ class MqttLink:
                 continue
             now = self._clock()
             wait = min(self.on_tick(now) if self._connected else 1.0, self._keepalive_check(now))
-            rc = self._client.loop(timeout=max(0.01, min(wait, MAX_LOOP_WAIT)))
+            client = self._client  # None if the keepalive check just gave up on it
+            if client is None:
+                continue
+            rc = client.loop(timeout=max(0.01, min(wait, MAX_LOOP_WAIT)))
             if rc != paho().MQTT_ERR_SUCCESS and self._client is not None:
                 self._lost(None)
         self._shutdown()
@@ -278,7 +281,7 @@ class MqttLink:
             duration,
             f" ({problem.text})" if problem else "",
         )
-        self._set_state(LinkState.CONNECTING, problem)
+        self._set_state(LinkState.CONNECTING, problem, quiet=True)
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -305,12 +308,12 @@ class MqttLink:
                 client.loop(timeout=0.1)
         self._client = None
 
-    def _set_state(self, state: LinkState, problem: Problem | None) -> None:
+    def _set_state(self, state: LinkState, problem: Problem | None, quiet: bool = False) -> None:
         changed = state is not self.state or problem != self.problem
         if state is LinkState.CONNECTED:
             if self.state is not LinkState.CONNECTED:
                 log.info("%s: connected to %s:%d", self.name, self.host, self.port)
-        elif problem is not None and problem != self.problem:
+        elif problem is not None and problem != self.problem and not quiet:
             level = (
                 logging.ERROR
                 if state in (LinkState.REJECTED, LinkState.KICKED)

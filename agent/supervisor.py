@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # A worker whose heartbeat is older than this is stuck. Its waits are bounded by a few
 # seconds (meter reads 2 s, MQTT loop 5 s, TLS connect 10 s).
 STUCK_AFTER = 20.0
+EX_SOFTWARE = 70  # a worker crashed (sysexits.h)
 # Without a watchdog, refresh the counters in STATUS this often.
 STATUS_REFRESH = 30.0
 
@@ -47,6 +48,7 @@ class Agent:
         self._clock = clock
         self._wake = threading.Event()
         self._stopping = False
+        self._crashed: str | None = None
         self.meter = MeterState()
         self.uplink = TibberUplink(
             settings.tibber, self.meter, host_info=HostInfoReader(), on_change=self._changed
@@ -87,9 +89,24 @@ class Agent:
                 stuck.append(link.name)
         return stuck
 
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread else "?"
+        log.critical(
+            "worker %s crashed: %s: %s",
+            name,
+            args.exc_type.__name__,
+            args.exc_value,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+        self._crashed = name
+        self._wake.set()
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        # A worker that dies is a bug; exiting non-zero lets systemd restart the service
+        # (Restart=on-failure) rather than run on without it.
+        threading.excepthook = self._thread_died
         self.led.start()
         self.led.show(Pattern.NO_METER)
         self.uplink.start()
@@ -103,7 +120,7 @@ class Agent:
         interval = self.notifier.watchdog_interval
         next_ping = self._clock()
         reported_stuck: list[str] = []
-        while not self._stopping:
+        while not self._stopping and self._crashed is None:
             now = self._clock()
             if interval is not None and now >= next_ping:
                 stuck = self.stuck_workers(now)
@@ -122,7 +139,8 @@ class Agent:
             wait = (next_ping - now) if interval is not None else STATUS_REFRESH
             self._wake.wait(max(0.0, wait))
             self._wake.clear()
-        return self.shutdown()
+        code = self.shutdown()
+        return EX_SOFTWARE if self._crashed is not None else code
 
     def shutdown(self) -> int:
         self.notifier.stopping()
