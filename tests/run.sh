@@ -9,7 +9,8 @@ if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     # Never name systemd itself here: it is installed, and naming it would upgrade it.
     need=()
-    for pkg in mosquitto mosquitto-clients shellcheck systemd-container python3-venv python3-pip; do
+    for pkg in mosquitto mosquitto-clients shellcheck systemd-container python3-venv python3-pip \
+        faketime; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
     done
     if ((${#need[@]})); then
