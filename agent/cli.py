@@ -87,7 +87,7 @@ def _run(path: Path) -> int:
 
     settings = load(path)
     assert settings.tibber is not None
-    check_files(settings.tibber)
+    check_files(settings.tibber, settings.mirror)
     return Agent(settings, Notifier()).run()
 
 
@@ -97,7 +97,7 @@ def _check(path: Path) -> int:
     try:
         settings = load(path)
         assert settings.tibber is not None
-        check_files(settings.tibber)
+        check_files(settings.tibber, settings.mirror)
         problems += _check_tls(settings.tibber)
         port = settings.meter.port
         if "://" not in port and not os.path.exists(port):

@@ -179,6 +179,14 @@ def _text(v: str) -> str:
     return v
 
 
+def _mqtt_string(v: str) -> str:
+    # An MQTT string is at most 65535 bytes of UTF-8.
+    size = len(v.encode("utf-8"))
+    if size > 65535:
+        raise ValueError(f"is longer than MQTT allows (65535 bytes), got {size}")
+    return v
+
+
 def _port_name(v: str) -> str:
     if any(c.isspace() for c in v):
         raise ValueError(f"must be a device path or pyserial URL without spaces, got {v!r}")
@@ -216,8 +224,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "host": (_host, "localhost"),
         "port": (_int(1, 65535), 1883),
         "topic": (_topic, "/ebz/raw"),
-        "username": (_text, ""),
-        "password": (_text, ""),
+        "username": (_mqtt_string, ""),
+        "password": (_mqtt_string, ""),
         "ca_cert": (_text, ""),
     },
     "led": {
@@ -313,21 +321,12 @@ def _template(base: Path, key: str, value: str) -> dict[str, Any]:
     return doc
 
 
-def check_files(tibber: TibberSettings) -> None:
+def check_files(tibber: TibberSettings, mirror: MirrorSettings | None = None) -> None:
     """The credential files exist, are readable, and the key is private. Raises ConfigError."""
     for key in ("ca_cert", "certificate", "private_key"):
-        path: Path = getattr(tibber, key)
-        try:
-            with path.open("rb") as f:
-                head = f.read(4096)
-        except FileNotFoundError:
-            raise ConfigError("tibber", key, f"{path} does not exist") from None
-        except PermissionError:
-            raise ConfigError("tibber", key, f"{path} is not readable by this user") from None
-        except IsADirectoryError:
-            raise ConfigError("tibber", key, f"{path} is a directory") from None
-        if b"-----BEGIN " not in head:
-            raise ConfigError("tibber", key, f"{path} is not a PEM file")
+        _check_pem("tibber", key, getattr(tibber, key))
+    if mirror is not None and mirror.enabled and mirror.ca_cert is not None:
+        _check_pem("mirror", "ca_cert", mirror.ca_cert)
     mode = os.stat(tibber.private_key).st_mode
     if mode & (stat.S_IROTH | stat.S_IWOTH):
         raise ConfigError(
@@ -336,3 +335,17 @@ def check_files(tibber: TibberSettings) -> None:
             f"{tibber.private_key} is readable by others (mode {stat.S_IMODE(mode):04o}); "
             "run: chmod 0640",
         )
+
+
+def _check_pem(section: str, key: str, path: Path) -> None:
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except FileNotFoundError:
+        raise ConfigError(section, key, f"{path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(section, key, f"{path} is not readable by this user") from None
+    except IsADirectoryError:
+        raise ConfigError(section, key, f"{path} is a directory") from None
+    if b"-----BEGIN " not in head:
+        raise ConfigError(section, key, f"{path} is not a PEM file")

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _queue_only(client: object, userdata: object, sock: object) -> None:
+    """paho's on_socket_register_write: nothing to do, its presence is what counts."""
+
+
 def paho():
     """paho-mqtt, imported on first use in a network thread: it pulls in ssl, http.client
     and email (tens of milliseconds on a Pi), which need not delay READY=1."""
@@ -43,6 +47,10 @@ SHORT_SESSION = 30.0
 STABLE_SESSION = 60.0
 KICKS_BEFORE_ALARM = 3
 KICKED_BACKOFF_STEP = 6  # Backoff failures: 32 s ceiling with the default base
+# A message not written or acknowledged for this long, or this many at once, means the
+# link is stalled (a frozen broker still accepts TCP data): publish no more into it.
+STALL = 3.0
+MAX_PENDING = 64
 # The network thread comes back at least this often, which is how the supervisor knows it
 # is alive (paho's select() would otherwise sleep until the next keepalive ping).
 MAX_LOOP_WAIT = 5.0
@@ -73,6 +81,9 @@ class MqttLink:
         self._connected = False
         self._last_in = 0.0
         self._closing = False
+        # mid -> when published: until written (QoS 0) or acknowledged (QoS 1).
+        self._pending: dict[int, float] = {}
+        self._pending_lock = threading.Lock()
         self.state = LinkState.CONNECTING
         self.problem: Problem | None = None
         self.heartbeat = clock()  # last time the network thread came back from a wait
@@ -134,16 +145,31 @@ class MqttLink:
 
     # ------------------------------------------------------------- publishing (any thread)
     def publish(self, topic: str, payload: bytes, qos: int) -> bool:
-        """Publish now or drop: never queued for a later connection. True if handed to TCP."""
-        client = self._client
-        if client is None or not self._connected:
-            return False
-        if client.want_write():
-            # The socket is not draining (a stalled link): queueing would only deliver
-            # stale data later, and grow memory.
-            return False
-        info = client.publish(topic, payload, qos=qos, retain=False)
-        return info.rc == paho().MQTT_ERR_SUCCESS
+        """Publish now or drop: never queued for a later connection, never behind a stalled
+        one (it would only deliver stale data later, and grow memory). True if queued."""
+        now = self._clock()
+        with self._pending_lock:
+            client = self._client
+            if client is None or not self._connected or self._stalled(now):
+                return False
+            info = client.publish(topic, payload, qos=qos, retain=False)
+            if info.rc != paho().MQTT_ERR_SUCCESS:
+                return False
+            self._pending[info.mid] = now
+            return True
+
+    def _stalled(self, now: float) -> bool:
+        """Messages not written (QoS 0) or not acknowledged (QoS 1) for STALL seconds, or
+        too many of them: the link is not moving."""
+        pending = self._pending
+        return len(pending) >= MAX_PENDING or (
+            bool(pending) and now - min(pending.values()) > STALL
+        )
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # paho calls this when a QoS 0 message is written, a QoS 1 message acknowledged.
+        with self._pending_lock:
+            self._pending.pop(mid, None)
 
     # ------------------------------------------------------------- the network thread
     def _run(self) -> None:
@@ -171,8 +197,11 @@ class MqttLink:
             client = self._new_client()
             client.connect(self.host, self.port, keepalive=self.keepalive)
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-            problem = self.classify(e)
-            self._failed_attempt(problem)
+            self._failed_attempt(self.classify(e))
+            return
+        except Exception as e:
+            log.error("%s: cannot connect: %s: %s", self.name, type(e).__name__, e)
+            self._failed_attempt(Problem(LinkState.REJECTED, f"{type(e).__name__}: {e}"))
             return
         self._client = client
         self._last_in = self._clock()
@@ -192,7 +221,13 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_log = self._on_log
+        client.on_publish = self._on_publish
+        self._pending = {}
         client.on_socket_close = self._on_socket_close
+        # With this hook set, publish() from another thread only queues the packet and wakes
+        # the network thread, which alone reads and writes the socket (an SSL connection
+        # must not be used by two threads at once).
+        client.on_socket_register_write = _queue_only
         self._log_error: str | None = None
         self.configure(client)
         return client

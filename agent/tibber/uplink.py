@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..config import TibberSettings
 from ..meter.telegram import Telegram
-from ..mqtt import MqttLink, paho
+from ..mqtt import MqttLink
 from ..schedule import Every, RateLimit
 from ..state import LinkState, MeterState, Problem
 from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Snapshot, Topics, obis_stream
@@ -27,9 +26,6 @@ log = logging.getLogger(__name__)
 # A reading older than this is not sent: the payload has no timestamp, so Tibber books it
 # at arrival. A held telegram is confirmed 1 s (or, across a lost second, 2 s) later.
 MAX_AGE = 2.5
-# An obis_stream message not acknowledged for this long means the link is stalled: stop
-# feeding it (what it holds would arrive late) until it answers again.
-ACK_STALL = 3.0
 
 _CLIENT_CERT_ALERTS = {
     "CERTIFICATE_EXPIRED": "the broker rejected the client certificate: it has expired",
@@ -77,8 +73,6 @@ class TibberUplink(MqttLink):
         # Counter values at the previous metric of each kind: metrics carry per-interval counts.
         self._at_bridge = (0, 0)
         self._at_node = (0, 0)
-        self._unacked: dict[int, float] = {}
-        self._lock = threading.Lock()  # the meter thread and the network thread both publish
         self.on_sent: Callable[[], None] = lambda: None  # the LED's flicker
         self.published = 0
         self.dropped = 0  # accepted telegrams not sent: offline, stale or stalled link
@@ -94,29 +88,17 @@ class TibberUplink(MqttLink):
 
     def _send(self, t: Telegram, arrived: float) -> None:
         now = self._clock()
-        if not self.connected or now - arrived > MAX_AGE or self._stalled(now):
+        if not self.connected or now - arrived > MAX_AGE:
             self.dropped += 1
             return
         if not self._rate.due(now):
             return
-        with self._lock:
-            client = self._client
-            if client is None or not self.connected or client.want_write():
-                self.dropped += 1
-                return
-            info = client.publish(self.topics.obis_stream, obis_stream(t.raw), qos=QOS_OBIS)
-            if info.rc != paho().MQTT_ERR_SUCCESS:
-                self.dropped += 1
-                return
-            self._rate.take(now)
-            self.published += 1
-            if QOS_OBIS:
-                self._unacked[info.mid] = now
+        if not self.publish(self.topics.obis_stream, obis_stream(t.raw), QOS_OBIS):
+            self.dropped += 1  # offline or stalled: dropped, never queued for later
+            return
+        self._rate.take(now)
+        self.published += 1
         self.on_sent()
-
-    def _stalled(self, now: float) -> bool:
-        unacked = self._unacked
-        return bool(unacked) and now - min(unacked.values()) > ACK_STALL
 
     # ------------------------------------------------------------- network thread hooks
     def tls_context(self) -> ssl.SSLContext:
@@ -133,12 +115,9 @@ class TibberUplink(MqttLink):
 
     def configure(self, client: mqtt.Client) -> None:
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        self._unacked = {}
 
     def on_session(self, client: mqtt.Client) -> None:
-        with self._lock:
-            client.publish(self.topics.event, self.payloads.hello(self._snapshot(None)), QOS_EVENT)
+        client.publish(self.topics.event, self.payloads.hello(self._snapshot(None)), QOS_EVENT)
         client.subscribe(self.topics.receive, qos=1)
 
     def on_tick(self, now: float) -> float:
@@ -192,9 +171,6 @@ class TibberUplink(MqttLink):
         return Problem(LinkState.CONNECTING, f"{self.host}:{self.port}: {text}")
 
     # ------------------------------------------------------------- internals
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._unacked.pop(mid, None)
-
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         # Tibber has never been seen to send anything here; log it for the record, answer nothing.
         self.downlink += 1
