@@ -11,10 +11,19 @@ checksum we use:
 * the layout (ident, OBIS codes, widths, units) and the meter id stay the same.
 
 Each telegram is compared with the last accepted one (the *reference*). Only a telegram
-exactly one meter second after the reference can be checked tightly; after a gap (a lost
-or rejected telegram, or at start) the telegram is *held* and published only once its
-successor, one second later, confirms it. A different layout or meter id is adopted only
-after it repeats, self-consistently, for several telegrams (PIN entry, power cut, new meter).
+exactly one meter second after it can be checked tightly: if that check fails, the
+telegram is rejected. After a gap (a lost or rejected telegram, or at start) a telegram is
+*held* and published only once a neighbour confirms it: its successor one second later,
+or, across one lost second, the reference two seconds before together with what the lost
+second's damaged telegram still proves (its power, if its power lines add up; its energy,
+if its lines were intact: see telegram.salvage). What such a witness proves is never
+published itself. A different layout or meter id is adopted only after it repeats,
+self-consistently, for ADOPT_AFTER telegrams (PIN entry, power cut, new meter); a run of
+OVERRULE_AFTER that contradicts the reference replaces it, so the agent never stays stuck.
+
+One damage cannot be seen by any of this: an energy register's last digit changed by 1
+or 2 (10-20 uWh), within the cross-check's resolution (the meter truncates its own
+register by as much). Everything else the tests inject is rejected.
 """
 
 from __future__ import annotations
