@@ -47,6 +47,7 @@ SHORT_SESSION = 30.0
 STABLE_SESSION = 60.0
 KICKS_BEFORE_ALARM = 3
 KICKED_BACKOFF_STEP = 6  # Backoff failures: 32 s ceiling with the default base
+NETWORK_RETRY_CAP = 8.0
 # A message not written or acknowledged for this long, or this many at once, means the
 # link is stalled (a frozen broker still accepts TCP data): publish no more into it.
 STALL = 3.0
@@ -177,6 +178,10 @@ class MqttLink:
             self.heartbeat = self._clock()
             if self._client is None:
                 delay = self._backoff.delay()
+                if self.state is LinkState.CONNECTING:
+                    # Network trouble: keep trying often enough to be back within seconds
+                    # of the broker (60 s caps only rejections and kick loops).
+                    delay = min(delay, NETWORK_RETRY_CAP)
                 if delay > 0 and self._stop.wait(delay):
                     break
                 self._attempt()
@@ -302,7 +307,20 @@ class MqttLink:
         self._drop_client()
         problem = self.classify(error) if error else None
         if not (was_connected and since is not None):
-            self._failed_attempt(problem or self.classify("closed during the handshake"))
+            if problem is None or problem.state is LinkState.CONNECTING:
+                # Closed after the TLS handshake but before CONNACK. Under TLS 1.3 the
+                # broker's alert about our certificate often arrives as a bare EOF instead;
+                # keep saying what the last clear answer was, rather than flapping.
+                problem = (
+                    self.problem
+                    if self.state is LinkState.REJECTED
+                    else Problem(
+                        LinkState.REJECTED,
+                        "the broker closed the connection before accepting it "
+                        "(is the client certificate accepted?)",
+                    )
+                )
+            self._failed_attempt(problem)
             return
         duration = self._clock() - since
         self._short_session_ended = duration < SHORT_SESSION and problem is None
