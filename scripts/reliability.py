@@ -50,7 +50,9 @@ def machine() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=float, default=1.0, help="counts x this (1 = the issue's counts, as in CI)")
+    ap.add_argument(
+        "--scale", type=float, default=1.0, help="counts x this (1 = the issue's counts, as in CI)"
+    )
     ap.add_argument("--window", type=float, default=60.0, help="budget test seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
