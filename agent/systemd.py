@@ -21,10 +21,6 @@ class Notifier:
         )
         self._status = ""
 
-    @property
-    def enabled(self) -> bool:
-        return self._enabled
-
     def _send(self, text: str) -> None:
         if self._notifier is not None:
             self._notifier.notify(text)

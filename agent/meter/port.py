@@ -15,7 +15,6 @@ import os
 import select
 import termios
 import time
-from dataclasses import dataclass
 
 import serial
 
@@ -31,13 +30,6 @@ CHAR_TIME = 10 / 9600  # seconds per character at 9600 baud, 7E1 (10 bits)
 
 class PortClosed(Exception):
     """The port was closed from another thread (shutdown)."""
-
-
-@dataclass
-class PortStats:
-    opens: int = 0
-    failures: int = 0  # failed opens and read errors
-    bytes: int = 0
 
 
 class MeterPort:
