@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
 
-    logs.setup()
+    # The demo prints what would be sent; the agent's own state lines would only interleave.
+    logs.setup(logging.WARNING if args.command == "demo" else logging.INFO)
     try:
         if args.command == "run":
             return _run(args.config)
