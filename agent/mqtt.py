@@ -227,7 +227,8 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_log = self._on_log
         client.on_publish = self._on_publish
-        self._pending = {}
+        with self._pending_lock:
+            self._pending = {}  # mids start over with each client
         client.on_socket_close = self._on_socket_close
         # With this hook set, publish() from another thread only queues the packet and wakes
         # the network thread, which alone reads and writes the socket (an SSL connection
