@@ -49,6 +49,27 @@ def _missing_tools(tools: Iterable[str]) -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
 
 
+def copy_checkout(dest: Path, *also_ignore: str) -> Path:
+    """The checkout without VCS data, build leftovers and caches."""
+    shutil.copytree(
+        CHECKOUT,
+        dest,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            "wheelhouse",
+            ".pytest_cache",
+            ".ruff_cache",
+            *also_ignore,
+        ),
+    )
+    return dest
+
+
 def overlay_skip_reason() -> str | None:
     """Why install.sh cannot run in a throwaway root here, or None."""
     if sys.platform != "linux":
@@ -149,22 +170,7 @@ def build_wheelhouse(dest: Path) -> Path:
     the checkout. install.sh finds them through TIBBER_AGENT_WHEELHOUSE.
     """
     src = dest.parent / "wheelhouse-src"
-    shutil.copytree(
-        CHECKOUT,
-        src,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            "tests",
-            "wheelhouse",
-            ".pytest_cache",
-            ".ruff_cache",
-        ),
-    )
+    copy_checkout(src, "tests")
     dest.mkdir(parents=True, exist_ok=True)
     pip = [SYSTEM_PYTHON, "-m", "pip", "--disable-pip-version-check"]
     run([*pip, "wheel", "--quiet", "-w", str(dest), str(src)], timeout=600).check()

@@ -153,21 +153,7 @@ def changed_paths(sb: Sandbox) -> dict[str, helpers.Entry]:
 @pytest.fixture(scope="module")
 def newer_checkout(tmp_path_factory) -> Path:
     """A copy of the checkout with a change in the package: the 'upgrade'."""
-    dst = tmp_path_factory.mktemp("upgrade") / "tibber-agent"
-    shutil.copytree(
-        CHECKOUT,
-        dst,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            "wheelhouse",
-            ".pytest_cache",
-        ),
-    )
+    dst = helpers.copy_checkout(tmp_path_factory.mktemp("upgrade") / "tibber-agent")
     init = dst / "agent/__init__.py"
     init.write_text(init.read_text() + "\n# upgraded\n")
     return dst
