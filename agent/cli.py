@@ -27,9 +27,10 @@ from .meter.pipeline import Result
 from .meter.reader import MeterReader
 from .meter.telegram import Telegram
 from .meter.validation import Outcome
-from .schedule import Every, RateLimit
+from .schedule import RateLimit
 from .state import MeterState
-from .tibber.payloads import HostInfo, PayloadBuilder, Snapshot, Topics, obis_stream
+from .tibber.metrics import Counters, MetricSchedule
+from .tibber.payloads import PayloadBuilder, Topics, obis_stream
 
 log = logging.getLogger("agent")
 
@@ -183,26 +184,29 @@ DEMO_IDS = {
 
 class DemoPrinter:
     """Prints each message the Tibber uplink would publish, with its rules (hello first,
-    obis_stream rate limit, metric cadences)."""
+    obis_stream rate limit, metric cadences and counts)."""
 
     def __init__(self, settings: TibberSettings, meter: MeterState, out: TextIO) -> None:
         self.settings = settings
         self.topics = Topics.of(settings)
-        self.payloads = PayloadBuilder(settings)
         self.meter = meter
         self.out = out
-        self.started = time.monotonic()
         self.rate = RateLimit(settings.obis_interval)
-        self.bridge_every = Every(settings.bridge_metric_interval, self.started)
-        self.node_every = Every(settings.node_metric_interval, self.started)
+        self.metrics = MetricSchedule(
+            settings, self.topics, PayloadBuilder(settings), time.monotonic()
+        )
         self.published = 0
 
     def emit(self, topic: str, payload: bytes) -> None:
         text = payload.decode("ascii", "replace").replace("\r\n", "\n")
         print(f"--> {topic}\n{text.rstrip()}", file=self.out, flush=True)
 
+    def counters(self) -> Counters:
+        return Counters(self.meter.telegrams_read, self.published)
+
     def hello(self) -> None:
-        self.emit(self.topics.event, self.payloads.hello(self.snapshot(0.0)))
+        hello = self.metrics.hello(time.monotonic(), time.time(), self.meter, self.counters())
+        self.emit(self.topics.event, hello)
 
     def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None:
         for t, _ in batch[-1:] if self.settings.obis_interval > 0 else batch:
@@ -211,31 +215,9 @@ class DemoPrinter:
                 self.emit(self.topics.obis_stream, obis_stream(t.raw))
 
     def tick(self) -> None:
-        now = time.monotonic()
-        if self.bridge_every.due(now):
-            self.emit(
-                self.topics.bridge_metric,
-                self.payloads.bridge_metric(self.snapshot(self.bridge_every.done(now))),
-            )
-        if self.node_every.due(now):
-            self.emit(
-                self.topics.node_metric,
-                self.payloads.node_metric(self.snapshot(self.node_every.done(now))),
-            )
-
-    def snapshot(self, span: float) -> Snapshot:
-        now = time.monotonic()
-        last = self.meter.last_accepted
-        return Snapshot(
-            ts=time.time(),
-            uptime=now - self.started,
-            interval=span,
-            telegrams_read=self.meter.telegrams_read,
-            telegrams_published=self.published,
-            since_last_telegram=None if last is None else now - last,
-            voltage=self.meter.voltage,
-            host=HostInfo(),
-        )
+        due = self.metrics.due(time.monotonic(), time.time(), self.meter, self.counters())
+        for topic, payload in due:
+            self.emit(topic, payload)
 
 
 def _demo(count: int, interval: float, corrupt_rate: float, seed: int | None) -> int:

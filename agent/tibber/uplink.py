@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 from ..config import TibberSettings
 from ..meter.telegram import Telegram
 from ..mqtt import MqttLink
-from ..schedule import Every, RateLimit
+from ..schedule import RateLimit
 from ..state import LinkState, MeterState, Problem
-from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Snapshot, Topics, obis_stream
+from .metrics import Counters, MetricSchedule
+from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Topics, obis_stream
 
 if TYPE_CHECKING:
     import ssl
@@ -64,15 +65,9 @@ class TibberUplink(MqttLink):
             settings, settings.bridge_metrics_template, settings.node_metrics_template
         )
         self._meter = meter
-        self._host_info = host_info
         self._wall = wall
-        self._started = clock()
         self._rate = RateLimit(settings.obis_interval)
-        self._bridge_every = Every(settings.bridge_metric_interval, self._started)
-        self._node_every = Every(settings.node_metric_interval, self._started)
-        # Counter values at the previous metric of each kind: metrics carry per-interval counts.
-        self._at_bridge = (0, 0)
-        self._at_node = (0, 0)
+        self.metrics = MetricSchedule(settings, self.topics, self.payloads, clock(), host_info)
         self.on_sent: Callable[[], None] = lambda: None  # the LED's flicker
         self.published = 0
         self.dropped = 0  # accepted telegrams not sent: offline, stale or stalled link
@@ -117,17 +112,14 @@ class TibberUplink(MqttLink):
         client.on_message = self._on_message
 
     def on_session(self, client: mqtt.Client) -> None:
-        client.publish(self.topics.event, self.payloads.hello(self._snapshot(None)), QOS_EVENT)
+        hello = self.metrics.hello(self._clock(), self._wall(), self._meter, self._counters())
+        client.publish(self.topics.event, hello, QOS_EVENT)
         client.subscribe(self.topics.receive, qos=1)
 
     def on_tick(self, now: float) -> float:
-        if self._bridge_every.due(now):
-            span = self._bridge_every.done(now)
-            self._at_bridge = self._publish_metric(span, self._at_bridge, bridge=True)
-        if self._node_every.due(now):
-            span = self._node_every.done(now)
-            self._at_node = self._publish_metric(span, self._at_node, bridge=False)
-        return max(0.0, min(self._bridge_every.next, self._node_every.next) - now)
+        for topic, payload in self.metrics.due(now, self._wall(), self._meter, self._counters()):
+            self.publish(topic, payload, QOS_EVENT)
+        return max(0.0, self.metrics.next_due - now)
 
     def kicked_text(self) -> str:
         return (
@@ -182,30 +174,5 @@ class TibberUplink(MqttLink):
             text,
         )
 
-    def _publish_metric(self, span: float, at: tuple[int, int], *, bridge: bool) -> tuple[int, int]:
-        counters = (self._meter.telegrams_read, self.published)
-        if self.connected:
-            snap = self._snapshot(span, since=at)
-            payload = (
-                self.payloads.bridge_metric(snap) if bridge else self.payloads.node_metric(snap)
-            )
-            topic = self.topics.bridge_metric if bridge else self.topics.node_metric
-            self.publish(topic, payload, QOS_EVENT)
-        return counters
-
-    def _snapshot(self, span: float | None, since: tuple[int, int] = (0, 0)) -> Snapshot:
-        now = self._clock()
-        m = self._meter
-        last = m.last_accepted
-        if span is None:  # the hello: counts since the last bridge metric
-            span, since = now - self._bridge_every.last, self._at_bridge
-        return Snapshot(
-            ts=self._wall(),
-            uptime=now - self._started,
-            interval=span,
-            telegrams_read=m.telegrams_read - since[0],
-            telegrams_published=self.published - since[1],
-            since_last_telegram=None if last is None else now - last,
-            voltage=m.voltage,
-            host=self._host_info(),
-        )
+    def _counters(self) -> Counters:
+        return Counters(self._meter.telegrams_read, self.published)
