@@ -80,7 +80,6 @@ class MetricSchedule:
             ts=wall,
             uptime=now - self._start,
             interval=span,
-            telegrams_read=counters.telegrams_read - since.telegrams_read,
             telegrams_published=counters.published - since.published,
             since_last_telegram=None if last is None else now - last,
             voltage=meter.voltage,

@@ -13,19 +13,19 @@ import pytest
 from agent.config import TibberSettings, load
 from agent.meter.simulator import SimulatedEbz
 from agent.tibber.payloads import (
-    QOS_EVENT,
-    QOS_OBIS,
     HostInfo,
     PayloadBuilder,
     Snapshot,
     Topics,
     obis_stream,
+    radio_packets,
 )
 from tests.harness.paths import SHARED, read_capture, split_telegrams
 
 UID = "0123456789abcdef0123456789abcdef"
-BRIDGE_ID = "3494545e84000"
-EUI = "dc8e95fffeb82bfe"
+# Made-up ids of the captured shapes (13 and 16 hex digits); no real device's.
+BRIDGE_ID = "a0b1c2d305000"
+EUI = "fedcba9876543210"
 RULE = "$aws/rules/ingest_tibber_bridge_data/"
 BASE = f"{RULE}tibber-bridge/{UID}/publish"
 
@@ -109,7 +109,6 @@ def snap(**overrides: Any) -> Snapshot:
         "ts": 1692217927.8,
         "uptime": 10982.6,
         "interval": 120.0,
-        "telegrams_read": 121,
         "telegrams_published": 59,
         "since_last_telegram": 1.2,
         "voltage": 232.3,
@@ -205,10 +204,6 @@ def test_mqtt_topic_with_the_aws_prefix_is_used_verbatim() -> None:
     assert t.node_metric == f"{base}/TFD01/{EUI}/metric"
 
 
-def test_qos_is_zero_or_one() -> None:
-    assert QOS_OBIS in (0, 1) and QOS_EVENT in (0, 1)
-
-
 # --- hello, bridge metric ------------------------------------------------------------------------
 
 
@@ -253,8 +248,8 @@ def test_bridge_metric_shape_and_live_values() -> None:
     assert node["seen"] == 2 and node["available"] is True
     assert status["ip"] == "192.168.1.23" and status["gateway"] == "192.168.1.1"
     assert [status[f"dns{i}"] for i in range(9)] == ["192.168.1.1"] + ["0.0.0.0"] * 8
-    assert status["mac"] == "34:94:54:5e:84:0"  # bytes not zero-padded, as the bridge shows
-    assert status["ap_mac"] == "34:94:54:5e:84:1"
+    assert status["mac"] == "a0:b1:c2:d3:5:0"  # bytes not zero-padded, as the bridge shows
+    assert status["ap_mac"] == "a0:b1:c2:d3:5:1"
     assert 1000 < len(json.dumps(metric)) < 2500  # about 1.5 KB
 
 
@@ -293,6 +288,19 @@ def test_host_values_replace_the_modelled_ones() -> None:
     assert [status[f"dns{i}"] for i in range(9)] == [f"10.0.0.{i}" for i in range(9)]
 
 
+def test_hello_carries_the_bridge_metrics_status() -> None:
+    """One builder for both (fields.md §1): for the same moment, the hello's `metrics` is the
+    metric's `status` except for the connection pair, so the two can never drift apart."""
+    host = HostInfo(ip="10.0.0.7", gateway="10.0.0.1", ssid="home", rssi=-70, channel=11)
+    s = snap(host=host, voltage=228.61, since_last_telegram=3.4, telegrams_published=41)
+    builder = PayloadBuilder(settings(), captured_bridge(), captured_node())
+    hello = doc(builder.hello(s))["metrics"]
+    status = doc(builder.bridge_metric(s))["status"]
+    assert (hello.pop("mqttcon"), hello.pop("wificon")) == (1, 2)
+    assert (status.pop("mqttcon"), status.pop("wificon")) == (0, 0)
+    assert hello == status
+
+
 @pytest.mark.parametrize("volts", [229.98765, 241.0, 199.5])
 def test_vacrms_follows_the_meter_voltage(volts: float) -> None:
     status = doc(PayloadBuilder(settings()).hello(snap(voltage=volts)))["metrics"]
@@ -303,7 +311,7 @@ def test_vacrms_follows_the_meter_voltage(volts: float) -> None:
 
 
 def test_node_metric_shape_and_counters() -> None:
-    s = snap(interval=300.151, telegrams_read=133, telegrams_published=99, uptime=2435139.57)
+    s = snap(interval=300.151, telegrams_published=99, uptime=2435139.57)
     metric = doc(PayloadBuilder(settings()).node_metric(s))
     assert list(metric) == NODE_METRIC_KEYS
     assert metric["$type"] == "node_status"
@@ -311,6 +319,7 @@ def test_node_metric_shape_and_counters() -> None:
     assert list(status) == NODE_STATUS_KEYS
     assert_typed(status, NODE_STATUS_TYPES)
     assert list(metric["hub_attachments"]) == HUB_ATTACHMENT_KEYS
+    # The EGY-J capture's own counts: 99 readings in 133 radio packets.
     assert status["meter_msg_count_sent"] == 99
     assert status["meter_pkg_count_sent"] == 133
     assert metric["hub_attachments"]["meter_reading_count_recv"] == 99
@@ -332,6 +341,23 @@ def test_energy_mode_times_sum_to_the_interval(interval: float, published: int) 
     ems = [status[f"time_in_em{i}_ms"] for i in range(3)]
     assert sum(ems) == round(interval * 1000)
     assert all(isinstance(e, int) and e >= 0 for e in ems)
+
+
+def test_radio_packets_follow_the_captured_ratio() -> None:
+    """Modelled (fields.md §2): 133 packets per 99 readings, to the nearest whole, never fewer
+    packets than readings (every capture has at least one packet per reading)."""
+    assert [radio_packets(n) for n in (0, 1, 2, 3, 99, 150, 198)] == [0, 1, 3, 4, 133, 202, 266]
+    for n in range(5000):
+        assert n <= radio_packets(n) and abs(radio_packets(n) - n * 133 / 99) <= 0.5, n
+
+
+@pytest.mark.parametrize("published", [0, 1, 60, 150])
+def test_node_metric_counts_packets_of_the_readings_sent(published: int) -> None:
+    """Both packet counters come from the readings published in the interval."""
+    metric = doc(PayloadBuilder(settings()).node_metric(snap(telegrams_published=published)))
+    ns, hub = metric["node_status"], metric["hub_attachments"]
+    assert ns["meter_msg_count_sent"] == hub["meter_reading_count_recv"] == published
+    assert ns["meter_pkg_count_sent"] == hub["meter_pkg_count_recv"] == radio_packets(published)
 
 
 def test_node_uptime_beyond_32_bits() -> None:
