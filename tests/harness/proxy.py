@@ -53,10 +53,7 @@ class CuttingProxy:
         keyfile: Path | None = None,
     ) -> None:
         self.upstream_port = upstream_port
-        self._plan = list(plan)
-        for fault in self._plan:
-            if fault not in FAULTS:
-                raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+        self._plan: list[str] = []
         self._tls: ssl.SSLContext | None = None
         if certfile is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -66,6 +63,7 @@ class CuttingProxy:
                 ctx.verify_mode = ssl.CERT_REQUIRED
             self._tls = ctx
         self._lock = threading.Lock()
+        self.replan(plan)
         self.log: list[tuple[float, str]] = []  # (monotonic time, what happened)
         self._listener = socket.create_server((HOST, 0))
         self.port = int(self._listener.getsockname()[1])
@@ -111,6 +109,15 @@ class CuttingProxy:
     def remaining(self) -> int:
         with self._lock:
             return len(self._plan)
+
+    def replan(self, plan: Iterable[str]) -> None:
+        """Faults for the next connections from now on (empty: forward from now on)."""
+        faults = list(plan)
+        for fault in faults:
+            if fault not in FAULTS:
+                raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+        with self._lock:
+            self._plan = faults
 
     # ------------------------------------------------------------- connections
     def _accept(self) -> None:
