@@ -7,15 +7,17 @@ EX_CONFIG (78), which the unit's RestartPreventExitStatus= turns into a plain `f
 from __future__ import annotations
 
 import configparser
-import json
 import math
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .tibber import templates
 
 DEFAULT_PATH = Path("/etc/tibber-agent/config.ini")
 EX_CONFIG = 78
@@ -187,17 +189,84 @@ def _mqtt_string(v: str) -> str:
     return v
 
 
-def _port_name(v: str) -> str:
+# The IR head's port: a device path, or a pyserial URL of a network serial server passing the
+# raw bytes (ser2net, a Wi-Fi IR head's TCP bridge). pyserial 3.5 knows more schemes
+# (serial/urlhandler/protocol_*.py); those that cannot bring an IR head's data to this agent
+# are refused with the reason, so `check` and `run` say so at once instead of the meter thread
+# failing at its first open (or retrying a URL that can never open).
+PORT_URLS = {"socket": "socket://host:port", "rfc2217": "rfc2217://host:port"}
+REFUSED_SCHEMES = {
+    "loop": "is pyserial's loopback: no meter behind it",
+    "spy": "is a debugging wrapper that writes every byte to a file or stderr "
+    "(use `tibber-agent monitor`)",
+    "alt": "swaps pyserial's port class; the agent's reads need the native one",
+    "hwgrep": "opens whichever port matches first, not exclusively "
+    "(use /dev/serial/by-id/... or /dev/ttyIRhead)",
+    "cp2110": "needs the hidapi module, which the agent does not install",
+}
+# The options pyserial's handlers take, with a test of the value. Not `logging`: pyserial
+# would log every read.
+_URL_OPTIONS: dict[str, dict[str, Callable[[str], bool]]] = {
+    "socket": {},
+    "rfc2217": {
+        "ign_set_control": lambda v: True,
+        "poll_modem": lambda v: True,
+        "timeout": lambda v: _positive_number(v),
+    },
+}
+_SUPPORTED = "a device path, " + " or ".join(PORT_URLS.values())
+
+
+def _positive_number(v: str) -> bool:
+    try:
+        x = float(v)
+    except ValueError:
+        return False
+    return math.isfinite(x) and x > 0
+
+
+def parse_port(v: str) -> str:
+    """[meter] port (and `monitor --port`): a device path or a supported URL."""
     if any(c.isspace() for c in v):
         raise ValueError(f"must be a device path or pyserial URL without spaces, got {v!r}")
+    if "://" not in v:  # pyserial's own test for a URL
+        if not v.startswith("/"):
+            raise ValueError(f"must be an absolute device path (/dev/...) or a URL, got {v!r}")
+        return v
+    scheme = v.split("://", 1)[0].lower()  # pyserial ignores the case too
+    if scheme in REFUSED_SCHEMES:
+        raise ValueError(f"{scheme}:// {REFUSED_SCHEMES[scheme]}; use {_SUPPORTED}")
+    if scheme not in PORT_URLS:
+        raise ValueError(f"pyserial knows no scheme {scheme!r} (in {v!r}); use {_SUPPORTED}")
+    _network_url(v, scheme)
     return v
+
+
+def _network_url(v: str, scheme: str) -> None:
+    """host:port and known options, split as pyserial will split it at open (urlsplit)."""
+    form = PORT_URLS[scheme]
+    parts = urllib.parse.urlsplit(v)
+    host, _, port = parts.netloc.rpartition(":")
+    if "@" in parts.netloc or not _HOST.fullmatch(host) or not port.isdigit():
+        raise ValueError(f"must be {form}, got {v!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"the TCP port must be between 1 and 65535, got {port} in {v!r}")
+    if parts.path or parts.fragment:
+        raise ValueError(f"must be {form}[?option&...], nothing after the port, got {v!r}")
+    known = _URL_OPTIONS[scheme]
+    for option, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+        if option not in known:
+            names = ", ".join(known) or "none"
+            raise ValueError(f"unknown option {option!r} in {v!r} (options: {names})")
+        if not all(known[option](value) for value in values):
+            raise ValueError(f"option {option!r} must be a positive number, in {v!r}")
 
 
 # Section -> key -> (parser, default or REQUIRED). The annotated config.ini carries the docs.
 REQUIRED = object()
 _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
     "meter": {
-        "port": (_port_name, "/dev/ttyUSB0"),
+        "port": (parse_port, "/dev/ttyUSB0"),
         "baudrate": (_int(300, 115200), 9600),
         "stale_after": (_seconds(1, 3600), 10.0),
     },
@@ -311,13 +380,18 @@ def _resolve(base: Path, value: str) -> Path:
 def _template(base: Path, key: str, value: str) -> dict[str, Any]:
     path = _resolve(base, value)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = templates.parse(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError("tibber", key, f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
         raise ConfigError("tibber", key, f"{path} is not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError("tibber", key, f"{path} must hold a JSON object")
+    check = templates.check_bridge if key == "bridge_metrics_template" else templates.check_node
+    try:
+        check(doc)
+    except templates.TemplateError as e:
+        raise ConfigError("tibber", key, f"{path}: {e}") from None
     return doc
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import pkgutil
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+import serial
+import serial.urlhandler
 
-from agent.config import ConfigError, check_files, load
+from agent.config import PORT_URLS, REFUSED_SCHEMES, ConfigError, check_files, load
+from agent.tibber.payloads import BRIDGE_CONSTANTS, NODE_CONSTANTS
 from tests.harness.certs import Pki
-from tests.harness.paths import REPO_ROOT
+from tests.harness.paths import REPO_ROOT, SHARED
 
 UID = "0123456789abcdef0123456789ABCDEF"
 BRIDGE_ID = "3494545e84000"
@@ -143,6 +147,10 @@ def test_the_mirror_and_led_sections_may_be_left_out(tmp_path: Path) -> None:
 
 BROKEN: list[tuple[str, str, str]] = [
     ("meter", "port", "/dev/tty USB0"),
+    ("meter", "port", "foo://x"),
+    ("meter", "port", "loop://"),
+    ("meter", "port", "socket://host"),
+    ("meter", "port", "ttyUSB0"),
     ("meter", "baudrate", "fast"),
     ("meter", "baudrate", "299"),
     ("meter", "baudrate", "115201"),
@@ -484,3 +492,177 @@ def test_a_template_is_read_as_given(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text(json.dumps(doc))
     t = tibber_of(write(tmp_path, {("tibber", "bridge_metrics_template"): "m.json"}))
     assert t.bridge_metrics_template == doc
+
+
+# --- the port: a device path or a URL the agent can read a meter through -----------------------
+
+GOOD_PORTS = [
+    "/dev/ttyUSB0",
+    "/dev/serial/by-id/usb-FTDI_FT230X_Basic_UART_D30A1B2C-if00-port0",
+    "socket://192.168.1.50:8888",
+    "socket://ir-head.local:23",
+    "socket://[fe80::1]:2000",
+    "SOCKET://ser2net:3333",
+    "rfc2217://192.168.1.50:7000",
+    "rfc2217://ser2net:7000?poll_modem&timeout=5",
+    "rfc2217://ser2net:7000?ign_set_control",
+]
+
+
+@pytest.mark.parametrize("port", GOOD_PORTS)
+def test_a_supported_port_loads_and_pyserial_parses_it_alike(tmp_path: Path, port: str) -> None:
+    assert load(write(tmp_path, {("meter", "port"): port})).meter.port == port
+    if "://" in port:
+        # pyserial's own URL parser, the one open() runs (without connecting), agrees.
+        host, tcp_port = serial.serial_for_url(port, do_not_open=True).from_url(port)
+        assert host and 1 <= tcp_port <= 65535
+
+
+def test_every_scheme_pyserial_knows_is_taken_or_refused_with_a_reason() -> None:
+    """A pyserial upgrade that adds a scheme fails here until someone decides about it."""
+    modules = pkgutil.iter_modules(serial.urlhandler.__path__)
+    known = {m.name.removeprefix("protocol_") for m in modules if m.name.startswith("protocol_")}
+    assert known == set(PORT_URLS) | set(REFUSED_SCHEMES)
+
+
+# Schemes a user might guess; none is pyserial's.
+UNKNOWN_SCHEMES = [
+    "foo",
+    "http",
+    "tcp",
+    "telnet",
+    "ser2net",
+    "serial",
+    "file",
+    "mqtt",
+    "udp",
+    "COM3",
+]
+
+
+@pytest.mark.parametrize("scheme", UNKNOWN_SCHEMES)
+def test_a_scheme_pyserial_does_not_know_is_a_config_error(tmp_path: Path, scheme: str) -> None:
+    url = f"{scheme}://192.168.1.50:8888"
+    with pytest.raises(ValueError, match="not known"):  # pyserial's verdict at open
+        serial.serial_for_url(url, do_not_open=True)
+    message = load_error(write(tmp_path, {("meter", "port"): url}))
+    assert message.startswith("[meter] port: ") and repr(scheme.lower()) in message, message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "loop://",
+        "spy:///dev/ttyUSB0",
+        "alt:///dev/ttyUSB0?class=PosixPollSerial",
+        "hwgrep://0403:6001",
+        "cp2110://0001:0002",
+    ],
+)
+def test_a_pyserial_scheme_that_reads_no_ir_head_is_refused_with_why(
+    tmp_path: Path, url: str
+) -> None:
+    scheme = url.split(":")[0]
+    message = load_error(write(tmp_path, {("meter", "port"): url}))
+    assert message.startswith(f"[meter] port: {scheme}:// {REFUSED_SCHEMES[scheme]}"), message
+
+
+MALFORMED_URLS = [
+    "socket://host",  # pyserial: TypeError at open
+    "socket://:5000",
+    "socket://host:",
+    "socket://host:0",
+    "socket://host:65536",
+    "socket://host:99999",
+    "socket://host:http",
+    "socket://user@host:23",
+    "socket://bad_host!:23",
+    "socket://host:23/path",
+    "socket://host:23#frag",
+    "socket://host:23?logging=debug",
+    "socket://host:23?timeout=5",
+    "rfc2217://host",
+    "rfc2217://host:7000?timeout=soon",
+    "rfc2217://host:7000?timeout=-1",
+    "rfc2217://host:7000?timeout=nan",
+    "rfc2217://host:7000?bogus",
+    "://host:23",
+    "ttyUSB0",
+    "dev/ttyUSB0",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_port_is_a_config_error_at_load(tmp_path: Path, url: str) -> None:
+    message = load_error(write(tmp_path, {("meter", "port"): url}))
+    assert message.startswith("[meter] port: ") and repr(url) in message, message
+
+
+def test_a_device_path_that_does_not_exist_loads(tmp_path: Path) -> None:
+    """The head may be plugged in later: the agent retries; only `check` warns."""
+    path = str(tmp_path / "no-such-tty")
+    assert load(write(tmp_path, {("meter", "port"): path})).meter.port == path
+
+
+# --- templates: the constant fields the agent takes, checked at load ----------------------------
+
+MAC, AP_MAC, BSSID = "34:94:54:5e:84:0", "34:94:54:5e:84:1", "3494545e8401"
+
+
+def test_the_built_in_constants_pass_as_templates(tmp_path: Path) -> None:
+    """The agent's own 2023 values, written as the bridge would, are a valid template."""
+    bridge = {"status": {**BRIDGE_CONSTANTS, "mac": MAC, "ap_mac": AP_MAC, "bssid": BSSID}}
+    node_status = {k: v for k, v in NODE_CONSTANTS.items() if k != "node_version"}
+    node = {
+        "node_status": node_status,
+        "hub_attachments": {"node_version": NODE_CONSTANTS["node_version"]},
+    }
+    (tmp_path / "b.json").write_text(json.dumps(bridge))
+    (tmp_path / "n.json").write_text(json.dumps(node))
+    t = tibber_of(
+        write(
+            tmp_path,
+            {
+                ("tibber", "bridge_metrics_template"): "b.json",
+                ("tibber", "node_metrics_template"): "n.json",
+            },
+        )
+    )
+    assert (t.bridge_metrics_template, t.node_metrics_template) == (bridge, node)
+
+
+def test_the_documented_captures_pass_as_templates(tmp_path: Path) -> None:
+    """The three JSON samples of tibber-bridge.md §5, their address placeholders filled in as a
+    user's file would have them; with `<mac>` left in, the placeholder is named."""
+    path = SHARED / "protocol" / "tibber-bridge.md"
+    if not path.is_file():
+        pytest.skip("../shared/protocol not present (a user's clone has no ../shared)")
+    samples = re.findall(r"```json\n(.*?)\n```", path.read_text(), re.S)
+    by_type = {json.loads(text)["$type"]: text for text in samples}
+    assert set(by_type) == {"event", "status", "node_status"}
+    filled = {
+        t: text.replace('"<mac>"', f'"{MAC}"')
+        .replace('"<ap_mac>"', f'"{AP_MAC}"')
+        .replace('"<bssid>"', f'"{BSSID}"')
+        for t, text in by_type.items()
+    }
+    for kind, key in (
+        ("event", "bridge_metrics_template"),
+        ("status", "bridge_metrics_template"),
+        ("node_status", "node_metrics_template"),
+    ):
+        (tmp_path / "t.json").write_text(filled[kind])
+        t = tibber_of(write(tmp_path, {("tibber", key): "t.json"}))
+        assert getattr(t, key) == json.loads(filled[kind])
+    (tmp_path / "t.json").write_text(by_type["status"])
+    message = load_error(write(tmp_path, {("tibber", "bridge_metrics_template"): "t.json"}))
+    assert 'field "status.mac" must be a MAC address' in message and '"<mac>"' in message
+
+
+def test_nan_in_a_template_is_not_json(tmp_path: Path) -> None:
+    """Python reads NaN and Infinity, and json.dumps would send them on: no other reader
+    accepts them."""
+    for text in ('{"vcc": NaN}', '{"status": {"heap": Infinity}}', '{"ssid": "x", "y": -Infinity}'):
+        (tmp_path / "t.json").write_text(text)
+        message = load_error(write(tmp_path, {("tibber", "bridge_metrics_template"): "t.json"}))
+        assert "is not JSON" in message and "not a JSON number" in message, message
