@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from .config import (
     TibberSettings,
     check_files,
     load,
+    parse_port,
 )
 from .meter.parity import encode_7e1
 from .meter.pipeline import Result
@@ -52,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run the agent (the systemd service)")
     sub.add_parser("check", help="validate the config, certificate, key and port; exit 0 or 78")
     mon = sub.add_parser("monitor", help="print each telegram's values and verdict; sends nothing")
-    mon.add_argument("--port", help="the IR head (default: [meter] port of the config)")
+    mon.add_argument(
+        "--port", type=_port_argument, help="the IR head (default: [meter] port of the config)"
+    )
     demo = sub.add_parser("demo", help="the whole pipeline against a simulated eBZ DD3; no network")
     demo.add_argument("--telegrams", type=int, default=0, help="stop after N telegrams (0 = never)")
     demo.add_argument("--interval", type=float, default=1.0, help="seconds between telegrams")
@@ -73,13 +78,51 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config)
         if args.command == "monitor":
-            return _monitor(args.config, args.port)
-        return _demo(args.telegrams, args.interval, args.corrupt, args.seed)
+            return _monitor(args.config, args.port, Output(sys.stdout))
+        return _demo(args.telegrams, args.interval, args.corrupt, args.seed, Output(sys.stdout))
     except ConfigError as e:
         print(f"tibber-agent: {args.config}: {e}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return 0
+
+
+def _port_argument(value: str) -> str:
+    try:
+        return parse_port(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# ---------------------------------------------------------------------- output
+# A reader that closes the output early (`tibber-agent demo | head`, a pager that quits) ends
+# the command as it ends cat or grep: quietly, with the status a shell reports for a tool
+# killed by SIGPIPE (128 + 13 = 141); 0 would claim the whole output was delivered. SIGPIPE
+# itself stays ignored (Python's default): restoring it would let any socket kill the process.
+EX_OUTPUT_CLOSED = 128 + signal.SIGPIPE
+
+
+class Output:
+    """Standard output for the printing commands. A closed pipe does not raise from wherever
+    the write happened (for `monitor` that is the meter thread): it sets `closed`, which the
+    command's loop watches."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.closed = threading.Event()
+
+    def line(self, text: str) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            print(text, file=self._stream, flush=True)
+        except BrokenPipeError:
+            # The interpreter flushes stdout once more at exit; with the descriptor on
+            # /dev/null that flush succeeds instead of printing a traceback (Python's docs).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            self.closed.set()
 
 
 # ---------------------------------------------------------------------- run
@@ -138,29 +181,30 @@ def _reason(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- monitor
-def _monitor(path: Path, port: str | None) -> int:
+def _monitor(path: Path, port: str | None, out: Output) -> int:
     meter = MeterSettings()
     if path.exists() or path != DEFAULT_PATH:
         meter = load(path, need_tibber=False).meter
     if port:
         meter = MeterSettings(port=port, baudrate=meter.baudrate, stale_after=meter.stale_after)
-    reader = MeterReader(meter, MeterState(), [], on_result=lambda r: _print_result(r, sys.stdout))
-    print(f"monitoring {meter.port} (Ctrl-C to stop); nothing is published", flush=True)
+    reader = MeterReader(meter, MeterState(), [], on_result=lambda r: _print_result(r, out))
+    out.line(f"monitoring {meter.port} (Ctrl-C to stop); nothing is published")
     reader.start()
     try:
-        while reader.alive:
-            time.sleep(1.0)  # only the main thread gets Ctrl-C; the reader does the work
+        # Only the main thread gets Ctrl-C; the reader does the work.
+        while reader.alive and not out.closed.wait(1.0):
+            pass
     finally:
         reader.stop()
-    return 0
+    return EX_OUTPUT_CLOSED if out.closed.is_set() else 0
 
 
-def _print_result(r: Result, out: TextIO) -> None:
+def _print_result(r: Result, out: Output) -> None:
     v = r.verdict
     t = r.telegram
     when = time.strftime("%H:%M:%S")
     if t is None:
-        print(f"{when} rejected: {v.reason} ({len(r.raw)} bytes)", file=out, flush=True)
+        out.line(f"{when} rejected: {v.reason} ({len(r.raw)} bytes)")
         return
     vals = t.values
     shown = "  ".join(
@@ -171,7 +215,7 @@ def _print_result(r: Result, out: TextIO) -> None:
     verdict = v.outcome.value + (f": {v.reason}" if v.reason else "")
     if v.adopted:
         verdict += f" (adopted {v.adopted})"
-    print(f"{when} {verdict:<10} {shown}", file=out, flush=True)
+    out.line(f"{when} {verdict:<10} {shown}")
 
 
 # ---------------------------------------------------------------------- demo
@@ -186,7 +230,7 @@ class DemoPrinter:
     """Prints each message the Tibber uplink would publish, with its rules (hello first,
     obis_stream rate limit, metric cadences and counts)."""
 
-    def __init__(self, settings: TibberSettings, meter: MeterState, out: TextIO) -> None:
+    def __init__(self, settings: TibberSettings, meter: MeterState, out: Output) -> None:
         self.settings = settings
         self.topics = Topics.of(settings)
         self.meter = meter
@@ -199,7 +243,7 @@ class DemoPrinter:
 
     def emit(self, topic: str, payload: bytes) -> None:
         text = payload.decode("ascii", "replace").replace("\r\n", "\n")
-        print(f"--> {topic}\n{text.rstrip()}", file=self.out, flush=True)
+        self.out.line(f"--> {topic}\n{text.rstrip()}")
 
     def counters(self) -> Counters:
         return Counters(self.meter.telegrams_read, self.published)
@@ -220,7 +264,7 @@ class DemoPrinter:
             self.emit(topic, payload)
 
 
-def _demo(count: int, interval: float, corrupt_rate: float, seed: int | None) -> int:
+def _demo(count: int, interval: float, corrupt_rate: float, seed: int | None, out: Output) -> int:
     from .meter.simulator import SimulatedEbz, applicable_corruptions, corrupt
 
     rng = random.Random(seed)
@@ -232,23 +276,22 @@ def _demo(count: int, interval: float, corrupt_rate: float, seed: int | None) ->
         **DEMO_IDS,
     )
     state = MeterState()
-    printer = DemoPrinter(settings, state, sys.stdout)
+    printer = DemoPrinter(settings, state, out)
     reader = MeterReader(
         MeterSettings(port="simulated eBZ DD3"),
         state,
         [printer],
-        on_result=lambda r: _print_rejection(r, sys.stdout),
+        on_result=lambda r: _print_rejection(r, out),
     )
     meter = SimulatedEbz(rng=rng)
-    print(
+    out.line(
         "demo: a simulated eBZ DD3 and what the agent would publish to Tibber "
-        "(no network; Ctrl-C to stop)",
-        flush=True,
+        "(no network; Ctrl-C to stop)"
     )
     printer.hello()
     sent = 0
     next_at = time.monotonic()
-    while not count or sent < count:
+    while (not count or sent < count) and not out.closed.is_set():
         text = meter.next_telegram()
         wire = encode_7e1(text)
         if rng.random() < corrupt_rate:
@@ -258,12 +301,12 @@ def _demo(count: int, interval: float, corrupt_rate: float, seed: int | None) ->
         sent += 1
         next_at += interval
         time.sleep(max(0.0, next_at - time.monotonic()))
-    return 0
+    return EX_OUTPUT_CLOSED if out.closed.is_set() else 0
 
 
-def _print_rejection(r: Result, out: TextIO) -> None:
+def _print_rejection(r: Result, out: Output) -> None:
     v = r.verdict
     if v.outcome is Outcome.REJECTED:
-        print(f"(telegram rejected: {v.reason}; not sent)", file=out, flush=True)
+        out.line(f"(telegram rejected: {v.reason}; not sent)")
     elif v.outcome is Outcome.HELD:
-        print("(telegram held until the next one confirms it)", file=out, flush=True)
+        out.line("(telegram held until the next one confirms it)")
