@@ -38,7 +38,7 @@ from tests.harness.agent import (
     AgentConfig,
     AgentProcess,
 )
-from tests.harness.broker import HOST, TlsBroker
+from tests.harness.broker import HOST, TlsBroker, parse_received_publish
 from tests.harness.certs import Pki, expired_client, foreign_ca, foreign_client, mismatched_key
 from tests.harness.meter import BYTE_TIME_S, PtyMeter, encode_7e1
 from tests.harness.notify import Notification, NotifySocket
@@ -163,7 +163,6 @@ def led_of(status: str) -> Pattern:
 
 
 _CONNECTED = re.compile(r"New client connected from \S+ as (\S+) \(.*?u'([^']*)'\)")
-_PUBLISH = re.compile(r"Received PUBLISH from (\S+) \(d\d, q\d, r\d, m\d+, '([^']+)'")
 
 
 def agent_sessions(log: str, username: str) -> list[list[str]]:
@@ -177,8 +176,10 @@ def agent_sessions(log: str, username: str) -> list[list[str]]:
                 current = [] if m[2] == username else None
                 if current is not None:
                     sessions.append(current)
-        elif (m := _PUBLISH.search(line)) and m[1] == BRIDGE_ID and current is not None:
-            current.append(m[2])
+        elif (
+            (p := parse_received_publish(line)) and p.client_id == BRIDGE_ID and current is not None
+        ):
+            current.append(p.topic)
     return sessions
 
 

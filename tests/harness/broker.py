@@ -9,13 +9,23 @@ import socket
 import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from .certs import Pki
 
-__all__ = ["HOST", "BrokerError", "PlainBroker", "TlsBroker", "free_port"]
+__all__ = [
+    "HOST",
+    "BrokerError",
+    "PlainBroker",
+    "ReceivedPublish",
+    "TlsBroker",
+    "free_port",
+    "parse_received_publish",
+    "received_publishes",
+]
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 5.0
@@ -23,6 +33,44 @@ STOP_GRACE_S = 5.0
 
 class BrokerError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class ReceivedPublish:
+    """One `Received PUBLISH` line of mosquitto's log: the flags as the sender sent them.
+
+    A subscriber cannot see these: the QoS it gets is capped by its own subscription, and
+    MQTT 3.1.1 clears the retain flag on live delivery. Only the broker's log shows them.
+    """
+
+    client_id: str
+    dup: bool
+    qos: int
+    retain: bool
+    mid: int
+    topic: str
+    size: int  # payload bytes
+
+
+# e.g. "Received PUBLISH from 0a1b2c3d4e5f6 (d0, q1, r0, m3, '$aws/rules/...', ... (366 bytes))"
+_RECEIVED_PUBLISH = re.compile(
+    r"Received PUBLISH from (\S+) \(d([01]), q([0-2]), r([01]), m(\d+), '(.*)', "
+    r"\.\.\. \((\d+) bytes\)\)$"
+)
+
+
+def parse_received_publish(line: str) -> ReceivedPublish | None:
+    m = _RECEIVED_PUBLISH.search(line)
+    if m is None:
+        return None
+    client, dup, qos, retain, mid, topic, size = m.groups()
+    return ReceivedPublish(client, dup == "1", int(qos), retain == "1", int(mid), topic, int(size))
+
+
+def received_publishes(log: str, client_id: str | None = None) -> list[ReceivedPublish]:
+    """Every PUBLISH the broker received (from client_id, if given), in log order."""
+    found = (parse_received_publish(line) for line in log.splitlines())
+    return [p for p in found if p is not None and client_id in (None, p.client_id)]
 
 
 def free_port() -> int:
@@ -194,6 +242,41 @@ class _Broker:
                     f"{self.name}: /{regex}/ not in log after {timeout} s:\n{text[since:]}"
                 )
             time.sleep(0.01)
+
+    def received_publishes(
+        self, client_id: str | None = None, *, since: int = 0
+    ) -> list[ReceivedPublish]:
+        """PUBLISHes received (from client_id), from log offset `since` on."""
+        return received_publishes(self.log_text()[since:], client_id)
+
+    def pubacks_sent(self, client_id: str, *, since: int = 0) -> list[int]:
+        """Message ids the broker acknowledged to client_id (QoS 1 PUBACKs), in order."""
+        pattern = re.compile(rf"Sending PUBACK to {re.escape(client_id)} \(m(\d+), ")
+        return [int(m[1]) for m in pattern.finditer(self.log_text()[since:])]
+
+    # -- the kernel's view of a client's connection ------------------------------------------
+    def client_port(self, client_id: str) -> int:
+        """The source port of client_id's latest connection, from the log."""
+        found = re.findall(
+            rf"New client connected from [\d.]+:(\d+) as {re.escape(client_id)} ",
+            self.log_text(),
+        )
+        if not found:
+            raise BrokerError(f"{self.name}: {client_id} never connected")
+        return int(found[-1])
+
+    def unread_bytes(self, client_port: int) -> int:
+        """Bytes a client sent on its connection that the broker has not read yet (the
+        rx_queue of the broker's end in /proc/net/tcp). Non-zero while the broker is frozen
+        means something the client wrote, e.g. a PUBLISH, is waiting for it."""
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, remote, state, queues = line.split()[1:5]
+            if state == "06":  # TIME_WAIT: an earlier connection that reused the port
+                continue
+            ports = int(local.split(":")[1], 16), int(remote.split(":")[1], 16)
+            if ports == (self.port, client_port):
+                return int(queues.split(":")[1], 16)
+        raise BrokerError(f"{self.name}: no connection from port {client_port}")
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Self:

@@ -146,6 +146,31 @@ class PtyMeter:
                 time.sleep(len(chunk) * BYTE_TIME_S)
         return written
 
+    def write_all(self, data: bytes, timeout: float = 30.0) -> None:
+        """Write everything as fast as the reader takes it: wait for room, never drop.
+
+        The pty holds only a few KB; poll(POLLOUT) on the master says when the reader has
+        made room. Raises TimeoutError if the reader takes nothing for `timeout` seconds.
+        """
+        with self._lock:
+            master = self._master
+            if master is None:
+                raise RuntimeError("meter unplugged")
+        room = select.poll()
+        room.register(master, select.POLLOUT)
+        view = memoryview(data)
+        while view:
+            with self._lock:
+                if self._master != master:
+                    raise RuntimeError("meter unplugged during write_all")
+                try:
+                    n = os.write(master, view[:4096])
+                except BlockingIOError:
+                    n = 0
+            view = view[n:]
+            if view and not n and not room.poll(timeout * 1000):
+                raise TimeoutError(f"the reader took nothing for {timeout} s")
+
     def send_telegram(self, text: bytes, paced: bool = True) -> int:
         """Send 7-bit telegram text as a 7E1 meter puts it on the wire (parity in bit 7)."""
         return self.write(encode_7e1(text), paced=paced)

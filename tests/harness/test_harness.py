@@ -86,6 +86,30 @@ def test_tls_publish_reaches_observer(tls_broker: TlsBroker, observer: Observer)
     tls_broker.wait_for_log(r"as tibber-bridge-test \(.*u'tibber-bridge-test'\)", timeout=2)
 
 
+def test_broker_log_shows_the_flags_a_subscriber_cannot_see(
+    tls_broker: TlsBroker, observer: Observer
+) -> None:
+    """The observer subscribes at QoS 1 and is live: it sees QoS 1 for a QoS 1 publish but
+    QoS 0 for a QoS 0 one, and never the retain flag. The broker's log shows them as sent."""
+    c, connected = _tls_client(
+        tls_broker, "tibber-bridge-test", tls_broker.pki.client_crt, tls_broker.pki.client_key
+    )
+    try:
+        assert connected.wait(5)
+        c.publish(AWS_TOPIC + "/a", b"12345", qos=0, retain=True).wait_for_publish(5)
+        c.publish(AWS_TOPIC + "/b", b"1234567", qos=1).wait_for_publish(5)
+        got = observer.wait_count(2, "$aws/rules/#", timeout=5)
+    finally:
+        _close(c)
+    assert [(m.qos, m.retain) for m in got] == [(0, False), (1, False)]
+    sent = tls_broker.received_publishes("tibber-bridge-test")
+    assert [(p.topic, p.qos, p.retain, p.dup, p.size) for p in sent] == [
+        (AWS_TOPIC + "/a", 0, True, False, 5),
+        (AWS_TOPIC + "/b", 1, False, False, 7),
+    ]
+    assert tls_broker.pubacks_sent("tibber-bridge-test") == [sent[1].mid]
+
+
 def test_foreign_client_cert_refused(tls_broker: TlsBroker, tmp_path: Path) -> None:
     mark = tls_broker.log_mark()
     crt, key = foreign_client(tmp_path / "foreign")
@@ -161,6 +185,24 @@ def test_pty_telegram_byte_exact(pty_meter: PtyMeter) -> None:
         assert ser.read(len(TELEGRAM)) == encode_7e1(TELEGRAM)
     assert elapsed >= len(TELEGRAM) / 960 * 0.9  # paced like 9600 baud
     assert pty_meter.drain() == b""
+
+
+def test_write_all_waits_for_a_slow_reader_and_drops_nothing(pty_meter: PtyMeter) -> None:
+    data = bytes(range(128)) * 1024  # 128 KiB, far more than the pty holds
+    got = bytearray()
+    with serial.Serial(str(pty_meter.link), 9600, timeout=0.05) as ser:
+        assert pty_meter.wait_opened(2)
+
+        def slow_reader() -> None:
+            while len(got) < len(data):
+                got.extend(ser.read(8192))
+                time.sleep(0.002)
+
+        reader = threading.Thread(target=slow_reader, daemon=True)
+        reader.start()
+        pty_meter.write_all(data, timeout=5)
+        reader.join(10)
+    assert bytes(got) == data and pty_meter.dropped == 0
 
 
 def test_unplug_wakes_blocked_read(pty_meter: PtyMeter) -> None:
