@@ -304,8 +304,8 @@ install_venv() {
     build=$(mktemp -d)
     # shellcheck disable=SC2064  # expand $build now
     trap "rm -rf '$build'" EXIT
-    tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=build --exclude=dist \
-        --exclude='*.egg-info' --exclude=__pycache__ --exclude=wheelhouse --exclude=tests \
+    tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=.venv-test --exclude=build \
+        --exclude=dist --exclude='*.egg-info' --exclude=__pycache__ --exclude=wheelhouse --exclude=tests \
         --exclude=.pytest_cache --exclude=.ruff_cache -cf - . | tar -C "$build" -xf -
     if ! "$VENV/bin/python" -m pip "${pip_args[@]}" "$build"; then
         die "pip could not install $NAME into $VENV (no internet? use TIBBER_AGENT_WHEELHOUSE)"
