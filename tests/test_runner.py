@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import agent
-from tests.harness.paths import REPO_ROOT
+from tests.harness.paths import REPO_ROOT, libfaketime, multiarch
 
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 RUNNER = os.environ.get("TIBBER_TEST_RUNNER", "")
@@ -58,3 +58,32 @@ def _debian_python_version() -> str:
         timeout=30,
         check=True,
     ).stdout.strip()
+
+
+# ---------------------------------------------------------------- faketime on a Pi
+def test_libfaketime_is_this_machines() -> None:
+    """The fault suite preloads libfaketime into the agent: the file apt installed for this
+    machine's architecture (`dpkg -L libfaketime` lists it), found without naming x86_64."""
+    path = libfaketime()
+    assert path.is_file(), f"{path} missing (apt-get install faketime)"
+    listed = subprocess.run(
+        ["dpkg", "-L", "libfaketime"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout.split()
+    assert str(path) in listed, f"{path} is not libfaketime's file here: {listed}"
+
+
+@pytest.mark.parametrize("triplet", ["aarch64-linux-gnu", "arm-linux-gnueabihf"])
+def test_libfaketime_on_a_pi(monkeypatch: pytest.MonkeyPatch, triplet: str) -> None:
+    """On a Pi (64-bit, or a 32-bit userland) the interpreter's triplet names the directory."""
+    monkeypatch.setattr(sys.implementation, "_multiarch", triplet, raising=False)
+    assert libfaketime() == Path(f"/usr/lib/{triplet}/faketime/libfaketime.so.1")
+
+
+def test_libfaketime_without_the_interpreters_triplet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interpreter that does not say asks dpkg-architecture or gcc, and agrees with them."""
+    native = multiarch()
+    monkeypatch.delattr(sys.implementation, "_multiarch", raising=False)
+    fallback = multiarch()
+    if not fallback:
+        pytest.skip("neither dpkg-architecture (dpkg-dev) nor gcc here to ask")
+    assert fallback == native

@@ -43,10 +43,11 @@ from tests.harness.certs import Pki, expired_client, foreign_ca, foreign_client,
 from tests.harness.meter import BYTE_TIME_S, PtyMeter, encode_7e1
 from tests.harness.notify import Notification, NotifySocket
 from tests.harness.observer import Message
+from tests.harness.paths import libfaketime
 
 from .conftest import scaled
 
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+LIBFAKETIME = libfaketime()  # /usr/lib/<multiarch>/faketime/: x86_64 here, arm on a Pi
 MAX_AGE = 2.5  # issue 4, fault 2: no reading older than this is delivered after a reconnect
 
 
