@@ -5,11 +5,21 @@ paho client, so nothing queued for a dead connection can be replayed on the next
 stale reading booked at the wrong time is worse than a lost one: the meter's counters make
 a gap lossless) and the TLS files are read anew (a user who fixes a certificate does not
 have to restart the agent).
+
+How an attempt failed decides what the user is told, so it is read from evidence, never
+guessed: what connect() raised (refused, DNS, timeout, the TLS handshake cut short, the
+broker's certificate not trusted, our own files unreadable), the broker's own words (a TLS
+alert naming our certificate, a CONNACK refusal), or a connection ended without a word. A
+TLS socket keeps the error its last read or write ended with (paho reduces it to a log
+line). Only exceptions the network, TLS and the credential files can raise are caught; any
+other is a bug, which ends the thread (the supervisor exits 70 and systemd restarts the
+agent) instead of posing as a network or certificate problem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import struct
@@ -55,6 +65,54 @@ MAX_PENDING = 64
 # The network thread comes back at least this often, which is how the supervisor knows it
 # is alive (paho's select() would otherwise sleep until the next keepalive ping).
 MAX_LOOP_WAIT = 5.0
+# A connection ended without a word after the TLS handshake and before the CONNACK is what
+# a flaky path does now and then, and what AWS IoT does every time when its policy does not
+# let this client connect (reported: an AUTHORIZATION_FAILURE on Connect in AWS's log left
+# the client without an answer, chakoku.hatenablog.com/entry/2022/04/21/235327; MQTT 3.1.1
+# lets a server close the connection instead of answering). Only the repetition tells the
+# two apart: this many in a row (no other failure in between) say "probably rejected".
+SILENT_CLOSES_BEFORE_ALARM = 4
+
+
+class ClosedBeforeConnack(ConnectionError):
+    """The connection ended without an error (TCP FIN, TLS close_notify) before CONNACK."""
+
+    def __str__(self) -> str:
+        return "the connection was closed before the broker accepted it"
+
+
+@functools.cache
+def _witnessing_tls_socket() -> type[ssl.SSLSocket]:
+    """An SSLSocket class that keeps the error its last read or write ended with.
+
+    paho turns a failed read into "connection lost" and a log line; the error itself (the
+    broker's alert naming our certificate, or a reset) is the evidence that tells a
+    rejection from a network failure. `SSLContext.sslsocket_class` is the documented hook.
+    """
+    import ssl
+
+    not_failures = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
+
+    class WitnessingSocket(ssl.SSLSocket):
+        failure: OSError | None = None
+
+        def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+            try:
+                return super().recv(buflen, flags)
+            except OSError as e:
+                if not isinstance(e, not_failures):
+                    self.failure = e
+                raise
+
+        def send(self, data: bytes, flags: int = 0) -> int:  # type: ignore[override]
+            try:
+                return super().send(data, flags)
+            except OSError as e:
+                if not isinstance(e, not_failures):
+                    self.failure = e
+                raise
+
+    return WitnessingSocket
 
 
 class MqttLink:
@@ -79,6 +137,7 @@ class MqttLink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
+        self._socket: object | None = None  # the client's socket, for its `failure`
         self._connected = False
         self._last_in = 0.0
         self._closing = False
@@ -96,6 +155,7 @@ class MqttLink:
         self._short_session_ended = False
         self._failed_since_loss = 0
         self._kick_streak = 0
+        self._silent_closes = 0  # attempts in a row closed without a word before CONNACK
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -110,7 +170,7 @@ class MqttLink:
         if client is not None:
             # Written from this thread (paho allows it); closing the socket also wakes the
             # network thread from its select().
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError):
                 client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -142,7 +202,19 @@ class MqttLink:
         return f"another client keeps taking over the client id {self.client_id}"
 
     def classify(self, error: BaseException | str) -> Problem:
+        if isinstance(error, str) and error.startswith("CONNACK "):
+            # The broker's own answer (a wrong password, say): retrying will not change it.
+            return Problem(
+                LinkState.REJECTED, f"{self.host}:{self.port} refused the connection: {error[8:]}"
+            )
         return Problem(LinkState.CONNECTING, f"{self.host}:{self.port} unreachable ({error})")
+
+    def refused_text(self) -> str:
+        """What SILENT_CLOSES_BEFORE_ALARM silent closes before CONNACK in a row mean."""
+        return (
+            f"{self.host}:{self.port} closes the connection before accepting it, every time "
+            f"({SILENT_CLOSES_BEFORE_ALARM} in a row): it probably refuses this client"
+        )
 
     # ------------------------------------------------------------- publishing (any thread)
     def publish(self, topic: str, payload: bytes, qos: int) -> bool:
@@ -153,7 +225,13 @@ class MqttLink:
             client = self._client
             if client is None or not self._connected or self._stalled(now):
                 return False
-            info = client.publish(topic, payload, qos=qos, retain=False)
+            try:
+                info = client.publish(topic, payload, qos=qos, retain=False)
+            except OSError:
+                # paho wakes the network thread through a socket pair; should that fail,
+                # the message is dropped like any other: a network error is not the
+                # caller's (the meter thread's) to handle.
+                return False
             if info.rc != paho().MQTT_ERR_SUCCESS:
                 return False
             self._pending[info.mid] = now
@@ -201,14 +279,15 @@ class MqttLink:
         try:
             client = self._new_client()
             client.connect(self.host, self.port, keepalive=self.keepalive)
-        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        except OSError as e:
+            # What the network, TLS (ssl.SSLError) and the credential files raise. paho's
+            # connect() raises ValueError only for a host, port or keepalive that config.load
+            # rules out; anything else is a bug: it ends this thread (see the docstring).
+            self._silent_closes = 0
             self._failed_attempt(self.classify(e))
             return
-        except Exception as e:
-            log.error("%s: cannot connect: %s: %s", self.name, type(e).__name__, e)
-            self._failed_attempt(Problem(LinkState.REJECTED, f"{type(e).__name__}: {e}"))
-            return
         self._client = client
+        self._socket = client.socket()
         self._last_in = self._clock()
 
     def _new_client(self) -> mqtt.Client:
@@ -222,6 +301,7 @@ class MqttLink:
         client.connect_timeout = 10.0
         ctx = self.tls_context()
         if ctx is not None:
+            ctx.sslsocket_class = _witnessing_tls_socket()
             client.tls_set_context(ctx)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -247,12 +327,13 @@ class MqttLink:
         silent = now - self._last_in
         if silent >= limit:
             log.warning("%s: no answer from the broker for %.0f s; reconnecting", self.name, silent)
-            self._lost("no answer from the broker (half-open connection)")
+            self._lost("no answer from the broker (half-open connection)", by_broker=False)
             return 0.01
         return limit - silent
 
     # paho callbacks, all in the network thread -------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._silent_closes = 0
         if reason_code.is_failure:
             self._drop_client()
             self._failed_attempt(self.classify(f"CONNACK {reason_code}"))
@@ -299,30 +380,20 @@ class MqttLink:
         self._backoff.failed()
         self._set_state(problem.state, problem)
 
-    def _lost(self, error: str | None) -> None:
+    def _lost(self, error: str | None, *, by_broker: bool = True) -> None:
+        """The connection ended: `error` is paho's log line about it, if any; a TLS socket's
+        own record of the failure is better evidence. by_broker=False: we gave up on it."""
         client = self._client
         if client is None:
             return
+        failure: BaseException | str | None = getattr(self._socket, "failure", None) or error
         was_connected = self._connected
         since = self.connected_since
         self._drop_client()
-        problem = self.classify(error) if error else None
         if not (was_connected and since is not None):
-            if problem is None or problem.state is LinkState.CONNECTING:
-                # Closed after the TLS handshake but before CONNACK. Under TLS 1.3 the
-                # broker's alert about our certificate often arrives as a bare EOF instead;
-                # keep saying what the last clear answer was, rather than flapping.
-                problem = (
-                    self.problem
-                    if self.state is LinkState.REJECTED
-                    else Problem(
-                        LinkState.REJECTED,
-                        "the broker closed the connection before accepting it "
-                        "(is the client certificate accepted?)",
-                    )
-                )
-            self._failed_attempt(problem)
+            self._failed_attempt(self._unaccepted(failure, by_broker))
             return
+        problem = self.classify(failure) if failure else None
         duration = self._clock() - since
         self._short_session_ended = duration < SHORT_SESSION and problem is None
         if duration >= STABLE_SESSION:
@@ -337,12 +408,26 @@ class MqttLink:
         )
         self._set_state(LinkState.CONNECTING, problem, quiet=True)
 
+    def _unaccepted(self, failure: BaseException | str | None, by_broker: bool) -> Problem:
+        """The problem with an attempt that connected (TCP, and TLS if any) but ended before
+        the broker's CONNACK."""
+        problem = self.classify(failure if failure is not None else ClosedBeforeConnack())
+        if problem.state is not LinkState.CONNECTING or not by_broker:
+            self._silent_closes = 0  # the broker said why (a TLS alert), or we gave up
+            return problem
+        # Closed or reset without a word: a network problem, unless it keeps happening.
+        self._silent_closes += 1
+        if self._silent_closes >= SILENT_CLOSES_BEFORE_ALARM:
+            return Problem(LinkState.REJECTED, self.refused_text())
+        return problem
+
     def _drop_client(self) -> None:
         client, self._client = self._client, None
+        self._socket = None
         self._connected = False
         self.connected_since = None
         if client is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError):
                 sock = client.socket()
                 if sock is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -354,7 +439,7 @@ class MqttLink:
             return
         self._closing = True
         self._connected = False
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):
             client.disconnect()
             # Let the DISCONNECT reach the broker; loop() returns once the socket closes.
             deadline = self._clock() + 1.0
