@@ -14,7 +14,9 @@ import logging
 import os
 import select
 import termios
+import threading
 import time
+from collections.abc import Iterator
 
 import serial
 
@@ -30,6 +32,23 @@ CHAR_TIME = 10 / 9600  # seconds per character at 9600 baud, 7E1 (10 bits)
 
 class PortClosed(Exception):
     """The port was closed from another thread (shutdown)."""
+
+
+class PortLost(Exception):
+    """The open device failed or went away (unplugged adapter, swapped pty): reopen it.
+
+    The one exception a read raises for the device, so the reader can tell the port's own
+    failures from anything else that goes wrong in its thread (an OSError from an outlet is
+    not a lost port). Its __cause__ is pyserial's or the OS's error."""
+
+
+@contextlib.contextmanager
+def _device_errors() -> Iterator[None]:
+    try:
+        yield
+    except PORT_ERRORS as e:
+        text = str(e) or type(e).__name__
+        raise PortLost(text.splitlines()[0][:160]) from e
 
 
 class MeterPort:
@@ -50,9 +69,13 @@ class MeterPort:
         self._serial.open()
         self._fd: int | None = None
         self._vmin = -1
+        self._closed = False
+        self._closing = threading.Lock()  # close() in the reader vs cancel() at shutdown
         fileno = getattr(self._serial, "fileno", None)
         if fileno is not None:
-            with contextlib.suppress(Exception):
+            # Not a tty (loop://: io.UnsupportedOperation; socket://: termios.error): read
+            # through pyserial instead.
+            with contextlib.suppress(OSError, termios.error):
                 fd = fileno()
                 termios.tcgetattr(fd)  # a tty: we can size reads with VMIN
                 self._fd = fd
@@ -61,9 +84,13 @@ class MeterPort:
     def read(self, wanted: int, timeout: float) -> bytes:
         """Bytes that arrived, waiting up to `timeout` for `wanted` of them.
 
-        Returns b"" on timeout with nothing received. Raises one of PORT_ERRORS when the
-        device is gone and PortClosed after close().
+        Returns b"" on timeout with nothing received. Raises PortLost when the device is
+        gone and PortClosed after close().
         """
+        with _device_errors():
+            return self._read(wanted, timeout)
+
+    def _read(self, wanted: int, timeout: float) -> bytes:
         fd = self._fd
         if fd is None:
             return self._read_generic(wanted, timeout)
@@ -101,18 +128,20 @@ class MeterPort:
         return b"".join(chunks)
 
     def read_now(self) -> bytes:
-        """Whatever has arrived, without waiting."""
-        if self._fd is None:
-            return self._serial.read(self._serial.in_waiting)
-        self._set_vmin(0)
-        return self._drain(self._fd)
+        """Whatever has arrived, without waiting. PortLost if the device is gone."""
+        with _device_errors():
+            if self._fd is None:
+                return self._serial.read(self._serial.in_waiting)
+            self._set_vmin(0)
+            return self._drain(self._fd)
 
     def sleep(self, seconds: float) -> None:
         """Sleep on a timer, not on the port (see pacing.py); PortClosed if cancelled."""
         if self._wake is None:
             time.sleep(seconds)
             return
-        ready, _, _ = select.select([self._wake], [], [], seconds)
+        with _device_errors():
+            ready, _, _ = select.select([self._wake], [], [], seconds)
         if ready:
             raise PortClosed
 
@@ -135,12 +164,18 @@ class MeterPort:
 
     def cancel(self) -> None:
         """Wake a read() blocked in another thread; it raises PortClosed."""
-        with contextlib.suppress(Exception):
-            self._serial.cancel_read()
+        cancel_read = getattr(self._serial, "cancel_read", None)  # not every URL has one
+        with self._closing:
+            if self._closed or cancel_read is None:
+                return
+            with contextlib.suppress(OSError):  # the reader is ending either way
+                cancel_read()
 
     def close(self) -> None:
-        with contextlib.suppress(*PORT_ERRORS, Exception):
-            self._serial.close()
+        with self._closing:
+            self._closed = True
+            with contextlib.suppress(*PORT_ERRORS):  # a vanished device may fail to close
+                self._serial.close()
 
 
 def expected_read_time(wanted: int) -> float:

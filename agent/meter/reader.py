@@ -18,7 +18,7 @@ from ..schedule import Backoff
 from ..state import MeterHealth, MeterState
 from .pacing import Pacing
 from .pipeline import Pipeline, RejectionLog, Result
-from .port import PORT_ERRORS, MeterPort, PortClosed, expected_read_time
+from .port import PORT_ERRORS, MeterPort, PortClosed, PortLost, expected_read_time
 from .telegram import Telegram
 from .validation import Outcome
 
@@ -36,7 +36,9 @@ class Outlet(Protocol):
     """Where accepted telegrams go: the Tibber uplink, the mirror, a printer.
 
     Usually one telegram at a time; two when a held telegram is confirmed by the next
-    one. Each comes with the monotonic time it arrived.
+    one. Each comes with the monotonic time it arrived. An outlet handles its own trouble
+    (an MQTT link drops what it cannot send); whatever it raises is a bug and ends the
+    meter thread.
     """
 
     def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None: ...
@@ -105,14 +107,19 @@ class MeterReader:
                 self._read(port)
             except PortClosed:
                 break
-            except PORT_ERRORS as e:
-                self._set_health(MeterHealth.PORT_MISSING, _short(e))
-                log.warning("meter: %s lost (%s); reopening", self.settings.port, _short(e))
+            except PortLost as e:
+                # Only the port's own calls raise this. Whatever else escapes _read (an
+                # outlet's exception: a bug, since outlets handle their own network errors)
+                # ends the thread, and the supervisor the agent (exit 70, systemd restarts
+                # it), rather than passing for a lost port.
+                self._set_health(MeterHealth.PORT_MISSING, str(e))
+                log.warning("meter: %s lost (%s); reopening", self.settings.port, e)
             finally:
                 self._port = None
                 port.close()
-                self.pipeline.resync()
-                self._pacing.lost()
+            # Reopened (lost, or silent for stale_after): the stream restarts mid-telegram.
+            self.pipeline.resync()
+            self._pacing.lost()
             if self.state.accepted > accepted_before:
                 backoff.succeeded()
             backoff.failed()
