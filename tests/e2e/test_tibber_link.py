@@ -8,6 +8,7 @@ import re
 import time
 
 from tests.harness.agent import (
+    BASE,
     BRIDGE_ID,
     EUI,
     TOPIC_BRIDGE_METRIC,
@@ -16,6 +17,8 @@ from tests.harness.agent import (
     TOPIC_OBIS,
     UID,
 )
+from tests.harness.broker import ReceivedPublish, TlsBroker
+from tests.harness.observer import Observer
 from tests.harness.paths import read_capture, split_telegrams
 
 AHPOHL = "ebz_dd3_bz06eta_msb_ahpohl-smartmeter_7telegrams.txt"
@@ -25,11 +28,34 @@ def from_agent(m) -> bool:
     return m.topic.startswith("$aws/rules/")
 
 
+def assert_sent_as_the_bridge(
+    broker: TlsBroker, observer: Observer, *, since: int = 0
+) -> list[ReceivedPublish]:
+    """Every message the agent sent (from log offset `since`), as the broker received it:
+    from the bridge id, QoS 1, not retained, not a duplicate, and each one delivered to the
+    observer with the same topic and payload size, in order.
+
+    The flags come from the broker's log: a subscriber cannot see them (its QoS is capped
+    by its own subscription, and MQTT 3.1.1 clears retain on live delivery)."""
+    sent = [p for p in broker.received_publishes(since=since) if p.topic.startswith(BASE)]
+    assert sent, "the broker received nothing from the agent"
+    # The agent may have sent more since the log was read: compare what both have.
+    seen = observer.wait_count(len(sent), from_agent, timeout=5)[: len(sent)]
+    assert [(p.topic, p.size) for p in sent] == [(m.topic, len(m.payload)) for m in seen]
+    wrong = [
+        p for p in sent if (p.client_id, p.qos, p.retain, p.dup) != (BRIDGE_ID, 1, False, False)
+    ]
+    assert wrong == [], (
+        f"{len(wrong)} of {len(sent)} not sent as the bridge sends them: {wrong[:3]}"
+    )
+    return sent
+
+
 def test_obis_stream_is_byte_exact_from_real_telegrams(
     agent_config, start_agent, tls_broker, observer, pty_meter
 ):
     """The 7 consecutive captured telegrams, sent at 9600 baud with parity: every one reaches
-    the broker as the bridge sends it (blank line after the ident removed), QoS <= 1, not
+    the broker as the bridge sends it (blank line after the ident removed), QoS 1, not
     retained. The first waits for the second's confirmation, then both go out in order."""
     telegrams = split_telegrams(read_capture(AHPOHL))
     agent_config.tibber["obis_interval"] = "0"
@@ -43,7 +69,8 @@ def test_obis_stream_is_byte_exact_from_real_telegrams(
     want = [t.replace(b"\r\n\r\n", b"\r\n", 1) for t in telegrams]
     assert [m.payload for m in got] == want
     assert len(want[0]) == 366 and want[0].endswith(b"\r\n!\r\n")
-    assert all(m.qos in (0, 1) and not m.retain for m in observer.messages)
+    sent = assert_sent_as_the_bridge(tls_broker, observer)
+    assert [p.topic for p in sent] == [TOPIC_EVENT] + [TOPIC_OBIS] * 7
 
 
 def test_session_as_the_bridge_opens_it(start_agent, tls_broker, observer, pushing_meter):
@@ -62,6 +89,7 @@ def test_session_as_the_bridge_opens_it(start_agent, tls_broker, observer, pushi
     assert m
     tls_broker.wait_for_log(rf"{BRIDGE_ID} 1 tibber-bridge/{UID}/receive")
     observer.wait_for(TOPIC_OBIS, timeout=10)
+    assert assert_sent_as_the_bridge(tls_broker, observer)[0].topic == TOPIC_EVENT
 
 
 def test_hello_first_on_every_connect_and_only_fresh_data_after(
@@ -73,6 +101,7 @@ def test_hello_first_on_every_connect_and_only_fresh_data_after(
     for _ in range(3):
         tls_broker.kill()
         time.sleep(1.5)  # a real outage; readings keep coming from the meter meanwhile
+        mark = tls_broker.log_mark()
         tls_broker.start()
         observer.reconnect(clear=True)
         first = observer.wait_for(from_agent, timeout=10)
@@ -81,11 +110,14 @@ def test_hello_first_on_every_connect_and_only_fresh_data_after(
         # Nothing that waited through the outage: the first reading after the reconnect is
         # from a meter second after the broker came back (the meter pushes one per second).
         assert fresh.t - first.t < 2.6
+        # Not replayed from the last session either: the first PUBLISH on it is the hello,
+        # and nothing is a resend (dup 0).
+        assert assert_sent_as_the_bridge(tls_broker, observer, since=mark)[0].topic == (TOPIC_EVENT)
     assert "tibber: connection lost" in agent.log_text()
 
 
 def test_bridge_and_node_metrics_on_their_cadence(
-    agent_config, start_agent, observer, pushing_meter
+    agent_config, start_agent, tls_broker, observer, pushing_meter
 ):
     agent_config.tibber.update(
         bridge_metric_interval="2", node_metric_interval="3", obis_interval="0"
@@ -112,6 +144,8 @@ def test_bridge_and_node_metrics_on_their_cadence(
         assert 2700 <= em <= 3300, em
         assert ns["meter_msg_count_sent"] == doc["hub_attachments"]["meter_reading_count_recv"]
         assert 2 <= ns["meter_msg_count_sent"] <= 4
+    topics = {p.topic for p in assert_sent_as_the_bridge(tls_broker, observer)}
+    assert topics == {TOPIC_EVENT, TOPIC_BRIDGE_METRIC, TOPIC_NODE_METRIC, TOPIC_OBIS}
 
 
 def test_downlink_is_logged_never_answered(
@@ -130,9 +164,12 @@ def test_downlink_is_logged_never_answered(
         if m.topic.startswith("tibber-bridge/") and m.payload != b'{"cmd":"version"}'
     ]
     assert replies == []
+    assert_sent_as_the_bridge(tls_broker, observer)
 
 
-def test_rate_limit_every_second_telegram_at_1s(agent_config, start_agent, observer, pushing_meter):
+def test_rate_limit_every_second_telegram_at_1s(
+    agent_config, start_agent, tls_broker, observer, pushing_meter
+):
     """obis_interval 2 with a meter pushing every second: every second telegram, never
     every third (the Pulse sends about every 2 s)."""
     start_agent()
@@ -140,3 +177,4 @@ def test_rate_limit_every_second_telegram_at_1s(agent_config, start_agent, obser
     got = observer.wait_count(5, TOPIC_OBIS, timeout=15, after=first.t - 0.01)
     seconds = [int(re.search(rb"96\.8\.0\*255\(([0-9A-F]{8})\)", m.payload)[1], 16) for m in got]
     assert [b - a for a, b in itertools.pairwise(seconds)] == [2, 2, 2, 2]
+    assert_sent_as_the_bridge(tls_broker, observer)
