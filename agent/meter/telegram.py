@@ -9,9 +9,11 @@ was reconfigured (validation tells the two apart).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from .parity import PARITY_ERROR
 
@@ -33,6 +35,7 @@ class Reason(StrEnum):
     ENERGY_FELL = "energy counter fell"
     ENERGY_RATE = "energy grew faster than any load"
     ENERGY_POWER = "energy growth disagrees with power"
+    TARIFF = "tariff registers disagree with their total"
     UNCONFIRMED = "not confirmed by the next telegram"
 
 
@@ -80,23 +83,37 @@ class Number:
         return self.units * 10 ** (decimals - self.decimals)
 
 
+class TariffSum(NamedTuple):
+    """One direction's total energy register against its tariff registers (1.8.0 against
+    1.8.1 + 1.8.2 ...): what they leave of it, in units of the total's last digit."""
+
+    total: str  # "1.8.0"
+    left: int  # the total minus the sum of its tariff registers
+    scale: int  # one digit of the tariff registers, in units of the total's last digit
+    registers: tuple[int, ...]  # the tariff registers, in units of their last digit
+
+
 @dataclass(frozen=True, slots=True)
 class Telegram:
     raw: bytes  # as framed: parity-stripped 7-bit ASCII, blank line included
     ident: str  # "/EBZ5DD3BZ06ETA_107"
     values: dict[str, str]  # "1.8.0" -> "005267.03049619" (C.D.E; A-B and F are in the layout)
     layout: tuple[str, ...]  # ident, then one "A-B:C.D.E*F shape unit" entry per line
-    meter_id: str  # 96.1.0 (or 0.0.0), "" if absent
+    meter_id: str  # 96.1.0 (or 0.0.0), "" if absent: for messages
+    ids: tuple[str, ...]  # the values of 0.0.0 and 96.1.0 that the telegram has, in that order
     seconds: int | None  # 0-0:96.8.0 seconds index
     energy: dict[str, Number]  # 1.8.x and 2.8.x registers
     power: dict[str, int]  # x.7.0 powers in hundredths of a watt, signed
     volts: dict[str, int]  # voltages in tenths of a volt
     status: str | None  # 96.5.0
+    tariffs: tuple[TariffSum, ...] = ()  # per direction with tariff registers (DT types)
 
     @property
-    def key(self) -> tuple[tuple[str, ...], str]:
-        """What must stay the same from one telegram to the next: layout and meter id."""
-        return self.layout, self.meter_id
+    def key(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What must stay the same from one telegram to the next: the layout and both id
+        lines. Neither id line is ever compared with anything but its own adopted value, so
+        a meter whose 0.0.0 is a property number other than 96.1.0 works (validation)."""
+        return self.layout, self.ids
 
 
 def _shape(kind: str, value: str) -> str:
@@ -256,17 +273,63 @@ def _build(
             volts[f.cde] = int(value.replace(".", ""))
     seconds = by_code.get(SECONDS)
     return Telegram(
+        tariffs=tariff_sums(energy),
         raw=raw,
         ident=layout[0],
         values=by_code,
         layout=layout,
         meter_id=by_code.get("96.1.0") or by_code.get("0.0.0") or "",
+        ids=_ids(by_code),
         seconds=int(seconds, 16) if seconds is not None else None,
         energy=energy,
         power=power,
         volts=volts,
         status=by_code.get(STATUS),
     )
+
+
+def tariff_sums(energy: dict[str, Number]) -> tuple[TariffSum, ...]:
+    """Each direction's total against its tariff registers, where both are present and the
+    tariff registers are no finer than the total."""
+    if len(energy) < 2:
+        return ()  # one register: nothing to compare (the usual BZ meter)
+    sums = []
+    for total, parts in _tariff_groups(tuple(energy)):
+        whole = energy[total]
+        decimals = energy[parts[0]].decimals
+        units = []
+        for code in parts:
+            register = energy[code]
+            if register.decimals != decimals:
+                break
+            units.append(register.units)
+        else:
+            if decimals <= whole.decimals:
+                scale = 10 ** (whole.decimals - decimals)
+                left = whole.units - sum(units) * scale
+                sums.append(TariffSum(total, left, scale, tuple(units)))
+    return tuple(sums)
+
+
+def _ids(by_code: dict[str, str]) -> tuple[str, ...]:
+    first, second = by_code.get(METER_IDS[0]), by_code.get(METER_IDS[1])
+    if first is not None and second is not None:
+        return first, second
+    return (first,) if first is not None else (second,) if second is not None else ()
+
+
+@functools.lru_cache(maxsize=8)
+def _tariff_groups(codes: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(total, its tariff registers) per direction that has both: 1.8.0 with 1.8.1, 1.8.2
+    ...; 2.8.0 with 2.8.1 .... Empty for layouts without tariffs."""
+    groups = []
+    for total in codes:
+        c, d, e = total.split(".")
+        if d == "8" and e == "0":
+            parts = tuple(x for x in codes if x != total and x.startswith(f"{c}.8."))
+            if parts:
+                groups.append((total, parts))
+    return tuple(groups)
 
 
 def salvage(raw: bytes, like: Telegram) -> Telegram | None:
@@ -304,11 +367,13 @@ def salvage(raw: bytes, like: Telegram) -> Telegram | None:
             energy[code] = Number(int(whole + frac), len(frac))
     seconds = found.get(SECONDS)
     return Telegram(
+        tariffs=tariff_sums(energy),
         raw=raw,
         ident=like.ident,
         values={**like.values, **found},
         layout=like.layout,
         meter_id=like.meter_id,
+        ids=like.ids,
         seconds=int(seconds, 16) if seconds is not None else None,
         energy=energy,
         power={code: int(found[code].replace(".", "")) for code in like.power if code in found},

@@ -7,7 +7,7 @@ import random
 import re
 import time
 
-from agent.meter.simulator import SimulatedEbz, corrupted_stream
+from agent.meter.simulator import SimulatedEbz, corrupted_stream, undetectable
 from tests.harness.agent import TOPIC_EVENT, TOPIC_OBIS
 from tests.harness.meter import encode_7e1
 
@@ -15,9 +15,11 @@ SECONDS = re.compile(rb"96\.8\.0\*255\(([0-9A-F]{8})\)")
 
 
 def test_damaged_telegrams_never_reach_tibber(agent_config, start_agent, observer, pty_meter):
-    """500 telegrams at full line speed, 10 % damaged on the wire (bit flips, lost bytes,
-    truncation, repeated lines, changed digits with intact parity): every published payload
-    is the clean telegram of its meter second; nearly all clean ones are published."""
+    """500 telegrams at full line speed, 10 % damaged on the wire (every kind of the
+    simulator's CORRUPTIONS: bit flips, lost bytes, truncation, repeated lines, changed
+    digits, letters and units with intact parity): every published payload is the clean
+    telegram of its meter second, or differs within the documented undetectable class;
+    nearly all clean ones are published."""
     agent_config.tibber["obis_interval"] = "0"
     start_agent()
     observer.wait_for(TOPIC_EVENT, timeout=10)  # readings are never queued for later
@@ -34,23 +36,16 @@ def test_damaged_telegrams_never_reach_tibber(agent_config, start_agent, observe
     time.sleep(2)
     got = [m for m in observer.messages if m.topic == TOPIC_OBIS]
     wrong = [m.payload for m in got if clean.get(SECONDS.search(m.payload)[1]) != m.payload]
-    # The one physically undetectable damage: an energy register's last digit moved by 1-2
-    # units (10-20 uWh, below the energy/power cross-check's resolution).
-    wrong = [p for p in wrong if not _last_digit_only(p, clean[SECONDS.search(p)[1]])]
+    # The documented undetectable class (README; agent/meter/simulator.undetectable).
+    wrong = [p for p in wrong if not _undetectable(p, clean)]
     assert wrong == []
     assert len(got) >= 0.99 * n_clean, (len(got), n_clean)
 
 
-def _last_digit_only(published: bytes, truth: bytes) -> bool:
-    diffs = [
-        (a, b)
-        for a, b in zip(published.split(b"\r\n"), truth.split(b"\r\n"), strict=True)
-        if a != b
-    ]
-    if len(diffs) != 1 or b".8." not in diffs[0][0]:
-        return False
-    value = [int(line.split(b"(")[1].split(b"*")[0].replace(b".", b"")) for line in diffs[0]]
-    return abs(value[0] - value[1]) <= 2
+def _undetectable(published: bytes, clean: dict[bytes, bytes]) -> bool:
+    second = int(SECONDS.search(published)[1], 16)
+    truth, before, after = (clean.get(b"%08X" % (second + d)) for d in (0, -1, 1))
+    return truth is not None and undetectable(published, truth, (before, after)) is not None
 
 
 def test_mirror_gets_raw_telegrams_and_never_slows_tibber(

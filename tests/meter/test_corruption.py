@@ -1,237 +1,348 @@
 """The core promise at scale: damaged telegrams never reach Tibber, clean ones do.
 
-Simulated eBZ meters (BZ import-only with voltages, 2R two-direction with export) push
+Simulated eBZ meters (BZ import-only with voltages; 2R two-direction with export; DTA
+two-direction with tariff registers, voltages and a property number in 0.0.0) push
 telegrams through the whole in-process pipeline (parity, framing, parsing, validation) with
-a share of them damaged on the optical link. Every published telegram is compared with the
-clean telegram of the same meter second.
+a share of them damaged on the optical link, every kind of damage on every line (the
+simulator's CORRUPTIONS). Every published telegram is compared with the clean telegram of
+the same meter second, and the outcome is tallied per line hit: injected, rejected,
+published within the documented undetectable class, escaped.
 
-One class of damage is beyond the physics: an energy register off by one or two units of
-its last digit (10-20 uWh) still agrees with the reported power, because the meter's own
-display truncation moves that digit by one (agent/meter/validation.py, module docstring).
-It is counted separately and bounded; nothing else may ever escape.
+The undetectable class (agent/meter/validation.py, module docstring; simulator.undetectable)
+is counted separately and bounded; nothing else may ever escape, on any line.
+
+One thing is outside the model: the same damage (the same byte changed the same way) in
+two consecutive telegrams. Two independent link errors do not do that; the stream never
+repeats one, and the README says so.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 import random
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from agent.meter.parity import encode_7e1
 from agent.meter.pipeline import Pipeline
-from agent.meter.simulator import CORRUPTIONS, SimulatedEbz, corrupt, corrupted_stream
-from agent.meter.telegram import ENERGY_CODES, Telegram, parse
+from agent.meter.simulator import (
+    CORRUPTIONS,
+    SimulatedEbz,
+    applicable_corruptions,
+    corrupt_line,
+    undetectable,
+)
+from agent.meter.telegram import Telegram, parse
+from agent.meter.validation import ADOPT_AFTER
+from agent.meter.validation import Outcome as Fate
 
 MIXED_TELEGRAMS = 20_000
 MIXED_RATE = 0.05
-PER_KIND_TELEGRAMS = 10_000
+PER_KIND_TELEGRAMS = 6_000
 PER_KIND_RATE = 0.10
+CLEAN_TELEGRAMS = 20_000
 MIN_CLEAN_PUBLISHED = 0.999  # issue 4: at >= 5 % damaged, mixed kinds
 # One kind at twice that rate: a clean telegram between two damaged ones is 4x as likely,
 # and a telegram cut short leaves no line to vouch for its neighbours.
 MIN_CLEAN_PUBLISHED_PER_KIND = 0.995
-# The undetectable class (a last digit changed by 1 or 2) is about 3 % of energy_digit
-# corruptions (the last of 14 digits, up to 4 of 9 other values), and most of it passes;
-# 8 % leaves room for the spread over ~150 corruptions. Anything outside the class must
-# never pass (assert_nothing_escapes).
-MAX_UNDETECTABLE_SHARE = 0.08
-UNDETECTABLE_UNITS = 2
-# (clean text, its 96.8.0, the bytes sent, corruption kind or None)
-Sent = tuple[bytes, int, bytes, "str | None"]
+# Issue 7: a clean telegram whose predecessor was published waits for its successor only
+# for an unusual step (status word, a voltage by >= 2 V, a tariff register's first step).
+MAX_HELD_WITHOUT_CAUSE = 0.01
+# The lines with an undetectable class, and the share of what hits them that may get
+# through (published within the class) where the damage is a changed digit, the worst
+# kind: total energy registers, a last digit moved by 1 or 2 (about 1 in 40 digit changes
+# of the line); tariff registers, a last digit moved by 1 in the second before the
+# register steps (rarer still); voltages, the tenths digit (always) or the ones digit
+# moved by 1 (mostly): about 1 in 10 digit changes of the line. Other kinds get through
+# less often. A run may exceed share x hits by 3 standard deviations of chance, no more.
+MAX_UNDETECTABLE_SHARE = {
+    "1.8.0": 0.03,
+    "2.8.0": 0.03,
+    "1.8.1": 0.01,
+    "1.8.2": 0.01,
+    "2.8.1": 0.01,
+    "2.8.2": 0.01,
+    "32.7.0": 0.12,
+    "52.7.0": 0.12,
+    "72.7.0": 0.12,
+}
 TAIL = 3  # clean telegrams appended so the last ones are not left waiting for confirmation
+METERS = ("BZ", "2R", "DTA")
+TARIFF_PERIOD = 1_800  # seconds between tariff switches of the DTA meter
 
 
 def make_meter(kind: str, seed: int) -> SimulatedEbz:
     rng = random.Random(seed)
     if kind == "BZ":
         return SimulatedEbz(rng=rng, power_w=400.0)
+    if kind == "2R":
+        return SimulatedEbz(
+            rng=rng,
+            ident="EBZ5DD32R06ETA_107",
+            export_kwh=1.206,
+            voltages=False,
+            power_w=400.0,
+            pv_w=600.0,
+        )
+    # The philippoo66 capture's type and counters, tariffs on both directions, and a
+    # property number in 0.0.0 (meters.md §4); import and export alternate with the sun.
     return SimulatedEbz(
         rng=rng,
-        ident="EBZ5DD32R06ETA_107",
-        export_kwh=1.206,
-        voltages=False,
-        power_w=400.0,
-        pv_w=600.0,
+        ident="EBZ5DD32R06DTA_107",
+        energy_kwh=2.66313813,
+        export_kwh=2.152,
+        power_w=700.0,
+        pv_w=900.0,
+        tariffs=True,
+        export_tariffs=True,
+        property_number="469061",
     )
+
+
+def telegrams(meter: SimulatedEbz, n: int) -> Iterator[bytes]:
+    """n consecutive clean telegrams; the DTA meter switches tariff every TARIFF_PERIOD."""
+    for i in range(n):
+        if meter.has_tariffs and i and i % TARIFF_PERIOD == 0:
+            meter.set_tariff(1 + (i // TARIFF_PERIOD) % 2)
+        yield meter.next_telegram()
 
 
 @dataclass
-class Outcome:
+class Tally:
+    injected: int = 0
+    undetectable: int = 0
+    escaped: int = 0
+
+    @property
+    def rejected(self) -> int:
+        return self.injected - self.undetectable - self.escaped
+
+
+@dataclass
+class Run:
     clean: int = 0  # clean telegrams sent
     clean_published: int = 0
+    held_without_cause: int = 0  # clean, its predecessor published, and still held
     corruptions: Counter[str] = field(default_factory=Counter)
-    undetectable: list[str] = field(default_factory=list)  # the tolerated class
-    escapes: list[str] = field(default_factory=list)  # anything else published wrong
+    lines: defaultdict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    escapes: list[str] = field(default_factory=list)
     order: list[int] = field(default_factory=list)  # 96.8.0 of every publication
+
+    def table(self) -> str:
+        rows = [f"{'line':8} {'injected':>8} {'rejected':>8} {'undetect.':>9} {'escaped':>7}"]
+        for line, t in sorted(self.lines.items()):
+            rows.append(f"{line:8} {t.injected:8} {t.rejected:8} {t.undetectable:9} {t.escaped:7}")
+        return "\n".join(rows)
 
     def report(self) -> str:
         return (
-            f"clean {self.clean_published}/{self.clean}, corruptions {dict(self.corruptions)}, "
-            f"undetectable {len(self.undetectable)}, escapes {len(self.escapes)}"
+            f"clean {self.clean_published}/{self.clean}, held without cause "
+            f"{self.held_without_cause}, corruptions {dict(self.corruptions)}\n{self.table()}"
+            + (f"\nescapes: {self.escapes[:6]}" if self.escapes else "")
         )
 
 
-def _diff(pub: Telegram, clean_raw: bytes) -> str | None:
-    """None if pub is the clean telegram or differs only within the undetectable class;
-    else a description. Raises _Undetectable for the tolerated class."""
-    if pub.raw == clean_raw:
-        return None
-    clean = parse(clean_raw)
-    changed = sorted(
-        k
-        for k in clean.values.keys() | pub.values.keys()
-        if clean.values.get(k) != pub.values.get(k)
-    )
-    desc = f"96.8.0={clean.values.get('96.8.0')}: " + ", ".join(
-        f"{k} {clean.values.get(k)} -> {pub.values.get(k)}" for k in changed
-    )
-    restored = pub.raw
-    for code in changed:
-        if code not in ENERGY_CODES or code not in pub.energy or code not in clean.energy:
-            return desc
-        if pub.energy[code].decimals != clean.energy[code].decimals:
-            return desc
-        if abs(pub.energy[code].units - clean.energy[code].units) > UNDETECTABLE_UNITS:
-            return desc
-        restored = restored.replace(
-            f"({pub.values[code]}*kWh)".encode(), f"({clean.values[code]}*kWh)".encode()
-        )
-    if restored != clean_raw or pub.layout != clean.layout:
-        return desc
-    raise _Undetectable(desc)
+# (clean text, its 96.8.0, the bytes sent, corruption kind or None, the line it hit)
+Sent = tuple[bytes, int, bytes, "str | None", str]
 
 
-class _Undetectable(Exception):
-    pass
-
-
-def _account(outcome: Outcome, truth: dict[int, tuple[bytes, str | None]], pub: Telegram) -> None:
-    seconds = pub.seconds if pub.seconds is not None else -1
-    outcome.order.append(seconds)
-    if seconds not in truth:
-        outcome.escapes.append(f"unknown second {pub.values.get('96.8.0')}: {pub.raw[:60]!r}")
+def _account(run: Run, truth: dict[int, tuple[bytes, str | None, str]], pub: Telegram) -> None:
+    second = pub.seconds if pub.seconds is not None else -1
+    run.order.append(second)
+    if second not in truth:
+        run.lines["?"].escaped += 1
+        run.escapes.append(f"unknown second {pub.values.get('96.8.0')}: {pub.raw[:60]!r}")
         return
-    clean_raw, kind = truth[seconds]
-    try:
-        desc = _diff(pub, clean_raw)
-    except _Undetectable as e:
-        outcome.undetectable.append(f"{kind}: {e}")
+    clean, kind, line = truth[second]
+    if pub.raw == clean:
+        run.clean_published += kind is None
         return
-    if desc is None:
-        outcome.clean_published += kind is None
-    else:
-        outcome.escapes.append(f"{kind}: {desc}")
+    neighbours = tuple(truth.get(s, (None,))[0] for s in (second - 1, second + 1))
+    code = undetectable(pub.raw, clean, neighbours)
+    if kind is not None and code == line:
+        run.lines[line].undetectable += 1
+        return
+    run.lines[line if kind is not None else "?"].escaped += 1
+    differs = [
+        f"{k} {v} -> {pub.values.get(k)}"
+        for k, v in parse(clean).values.items()
+        if pub.values.get(k) != v
+    ]
+    run.escapes.append(f"{kind} on {line}, 96.8.0={second:08X}: {', '.join(differs)}")
 
 
-def _drive(stream: Iterator[Sent], tail: Callable[[], list[bytes]]) -> Outcome:
+def _drive(stream: Iterator[Sent], tail: list[bytes]) -> Run:
     """Every publication of every result is checked against the clean telegram of its second."""
-    outcome = Outcome()
-    truth: dict[int, tuple[bytes, str | None]] = {}
+    run = Run()
+    truth: dict[int, tuple[bytes, str | None, str]] = {}
     pipeline = Pipeline()
-    for text, seconds, wire, kind in stream:
-        truth[seconds] = (text, kind)
+    last_published = -1
+    for text, seconds, wire, kind, line in stream:
+        truth[seconds] = (text, kind, line)
         if kind is None:
-            outcome.clean += 1
+            run.clean += 1
         else:
-            outcome.corruptions[kind] += 1
+            run.corruptions[kind] += 1
+            run.lines[line].injected += 1
         for result in pipeline.feed(wire):
+            if (
+                kind is None
+                and result.raw == text
+                and result.verdict.outcome is Fate.HELD
+                and last_published == seconds - 1
+            ):
+                run.held_without_cause += 1
             for pub in result.verdict.publish:
-                _account(outcome, truth, pub)
-    for text in tail():  # not counted: they only confirm what came before
-        truth[parse(text).seconds or -1] = (text, "tail")
+                _account(run, truth, pub)
+                last_published = pub.seconds if pub.seconds is not None else -1
+    for text in tail:  # not counted: they only confirm what came before
+        seconds = parse(text).seconds or -1
+        truth[seconds] = (text, "tail", "tail")
         for result in pipeline.feed(encode_7e1(text)):
             for pub in result.verdict.publish:
-                _account(outcome, truth, pub)
-    return outcome
+                _account(run, truth, pub)
+    return run
+
+
+def _damaged(
+    text: bytes, kind: str, rng: random.Random, previous: tuple[int, int] | None
+) -> tuple[bytes, str, tuple[int, int] | None]:
+    """`text` damaged by `kind`, never the same way as the telegram before (see module
+    docstring). Returns the wire bytes, the line hit and the damage's signature."""
+    wire = encode_7e1(text)
+    while True:
+        damaged, line = corrupt_line(wire, kind, rng)
+        first = next(
+            (i for i, (a, b) in enumerate(zip(wire, damaged, strict=False)) if a != b), len(damaged)
+        )
+        signature = (first, damaged[first]) if len(damaged) == len(wire) else None
+        if signature is None or signature != previous:
+            return damaged, line, signature
+
+
+def _stream(
+    texts: Iterator[bytes], seconds: Iterator[int], hit: set[int], rng: random.Random, kind: str
+) -> Iterator[Sent]:
+    previous = None
+    for index, (text, second) in enumerate(zip(texts, seconds, strict=False)):
+        if index not in hit:
+            previous = None
+            yield text, second, encode_7e1(text), None, ""
+            continue
+        chosen = kind or rng.choice(applicable_corruptions(text))
+        wire, line, previous = _damaged(text, chosen, rng, previous)
+        yield text, second, wire, chosen, line
 
 
 @functools.cache
-def mixed_run(meter_kind: str, seed: int) -> Outcome:
-    meter = make_meter(meter_kind, seed)
-    rng = random.Random(seed * 7919 + 1)
-
-    def stream() -> Iterator[Sent]:
-        for text, wire, kind in corrupted_stream(meter, MIXED_TELEGRAMS, MIXED_RATE, rng):
-            yield text, meter.seconds, wire, kind
-
-    return _drive(stream(), lambda: [meter.next_telegram() for _ in range(TAIL)])
-
-
-@functools.cache
-def clean_stream(meter_kind: str) -> tuple[tuple[bytes, int, bytes], ...]:
+def clean_run(meter_kind: str) -> tuple[tuple[bytes, int], ...]:
     meter = make_meter(meter_kind, 31)
     out = []
-    for _ in range(PER_KIND_TELEGRAMS + TAIL):
-        text = meter.next_telegram()
-        out.append((text, meter.seconds, encode_7e1(text)))
+    for text in telegrams(meter, CLEAN_TELEGRAMS + TAIL):
+        out.append((text, meter.seconds))
     return tuple(out)
 
 
 @functools.cache
-def per_kind_run(meter_kind: str, kind: str) -> Outcome:
-    clean = clean_stream(meter_kind)
-    body, tail = clean[:PER_KIND_TELEGRAMS], clean[PER_KIND_TELEGRAMS:]
+def mixed_run(meter_kind: str, seed: int) -> Run:
+    meter = make_meter(meter_kind, seed)
+    rng = random.Random(seed * 7919 + 1)
+    hit = set(rng.sample(range(MIXED_TELEGRAMS), round(MIXED_RATE * MIXED_TELEGRAMS)))
+    texts = list(telegrams(meter, MIXED_TELEGRAMS + TAIL))
+    first = meter.seconds - len(texts) + 1
+    seconds = itertools.count(first)
+    return _drive(_stream(iter(texts[:-TAIL]), seconds, hit, rng, ""), texts[-TAIL:])
+
+
+@functools.cache
+def per_kind_run(meter_kind: str, kind: str) -> Run:
+    clean = clean_run(meter_kind)
+    body, tail = clean[:PER_KIND_TELEGRAMS], clean[PER_KIND_TELEGRAMS : PER_KIND_TELEGRAMS + TAIL]
     rng = random.Random(f"{meter_kind}-{kind}")
     hit = set(rng.sample(range(len(body)), round(PER_KIND_RATE * len(body))))
-
-    def stream() -> Iterator[Sent]:
-        for i, (text, seconds, wire) in enumerate(body):
-            if i in hit:
-                yield text, seconds, corrupt(wire, kind, rng), kind
-            else:
-                yield text, seconds, wire, None
-
-    return _drive(stream(), lambda: [text for text, _, _ in tail])
+    texts = (text for text, _ in body)
+    seconds = (s for _, s in body)
+    return _drive(_stream(texts, seconds, hit, rng, kind), [text for text, _ in tail])
 
 
-MIXED = [(m, s) for s in (1, 2) for m in ("BZ", "2R")]
-PER_KIND = list(itertools.product(("BZ", "2R"), CORRUPTIONS))
+MIXED = [(m, s) for s in (1, 2) for m in METERS]
+PER_KIND = list(itertools.product(METERS, CORRUPTIONS))
 
 
 def _ids(params: list[tuple[str, object]]) -> list[str]:
     return [f"{a}-{b}" for a, b in params]
 
 
-def assert_clean_published(outcome: Outcome, bound: float = MIN_CLEAN_PUBLISHED) -> None:
-    assert outcome.clean > 0
-    share = outcome.clean_published / outcome.clean
-    assert share >= bound, f"{share:.4%} of clean telegrams published; {outcome.report()}"
+def assert_clean_published(run: Run, bound: float = MIN_CLEAN_PUBLISHED) -> None:
+    assert run.clean > 0
+    share = run.clean_published / run.clean
+    assert share >= bound, f"{share:.4%} of clean telegrams published; {run.report()}"
 
 
-def assert_nothing_escapes(outcome: Outcome) -> None:
-    assert outcome.escapes == [], f"{len(outcome.escapes)} damaged published: {outcome.escapes[:8]}"
-
-
-def assert_undetectable_bounded(outcome: Outcome) -> None:
-    bound = MAX_UNDETECTABLE_SHARE * outcome.corruptions["energy_digit"]
-    assert len(outcome.undetectable) <= bound, (
-        f"{len(outcome.undetectable)} energy registers published within "
-        f"{UNDETECTABLE_UNITS} units of the truth, bound {bound:.2f} "
-        f"({MAX_UNDETECTABLE_SHARE:.1%} of {outcome.corruptions['energy_digit']} energy_digit "
-        f"corruptions): {outcome.undetectable[:6]}"
+def assert_nothing_escapes(run: Run) -> None:
+    escaped = {line: t.escaped for line, t in run.lines.items() if t.escaped}
+    assert run.escapes == [] and escaped == {}, (
+        f"{len(run.escapes)} damaged published, per line {escaped}:\n{run.report()}"
     )
 
 
-def assert_ordered(outcome: Outcome) -> None:
-    pairs = list(itertools.pairwise(outcome.order))
-    bad = [(hex(a), hex(b)) for a, b in pairs if b <= a]
+def assert_undetectable_bounded(run: Run) -> None:
+    """Only the documented lines, each within its bound."""
+
+    def allowed(line: str, hits: int) -> float:
+        share = MAX_UNDETECTABLE_SHARE.get(line)
+        return 0.0 if share is None else share * hits + 3 * math.sqrt(share * hits) + 1
+
+    over = {
+        line: f"{t.undetectable}/{t.injected}"
+        for line, t in run.lines.items()
+        if t.undetectable > allowed(line, t.injected)
+    }
+    assert over == {}, f"undetectable damage beyond its bound: {over}\n{run.report()}"
+
+
+def assert_few_held(run: Run) -> None:
+    share = run.held_without_cause / run.clean
+    assert share <= MAX_HELD_WITHOUT_CAUSE, f"{share:.3%} held without cause\n{run.report()}"
+
+
+def assert_ordered(run: Run) -> None:
+    bad = [(hex(a), hex(b)) for a, b in itertools.pairwise(run.order) if b <= a]
     assert bad == [], f"96.8.0 not strictly increasing: {bad[:8]}"
 
 
-# --- mixed damage, 5 %, BZ and 2R, two seeds -----------------------------------------------------
+# --- no damage: everything published, almost nothing waits -----------------------------------
+
+
+@pytest.mark.parametrize("meter_kind", METERS)
+def test_clean_telegrams_are_published_in_order_and_rarely_held(meter_kind: str) -> None:
+    """CLEAN_TELEGRAMS consecutive telegrams (the DTA meter switching tariff every half
+    hour): all published, in order; held only for an unusual step, <= 1 %."""
+    clean = clean_run(meter_kind)
+    body = clean[:CLEAN_TELEGRAMS]
+    run = _drive(((t, s, encode_7e1(t), None, "") for t, s in body), [t for t, _ in clean[-TAIL:]])
+    # 0.0.0 and 96.1.0 differ on the DTA meter: they become its identity once repeated.
+    lost_at_start = ADOPT_AFTER - 1 if meter_kind == "DTA" else 0
+    assert run.clean_published == CLEAN_TELEGRAMS - lost_at_start, run.report()
+    assert_ordered(run)
+    assert_few_held(run)
+
+
+# --- mixed damage, 5 %, every kind on every line, two seeds ------------------------------------
 
 
 @pytest.mark.parametrize(("meter_kind", "seed"), MIXED, ids=_ids(MIXED))
 def test_mixed_clean_telegrams_are_published(meter_kind: str, seed: int) -> None:
-    outcome = mixed_run(meter_kind, seed)
-    assert set(outcome.corruptions) == set(CORRUPTIONS)
-    assert sum(outcome.corruptions.values()) == round(MIXED_RATE * MIXED_TELEGRAMS)
-    assert_clean_published(outcome)
+    run = mixed_run(meter_kind, seed)
+    assert set(run.corruptions) == set(CORRUPTIONS)
+    assert sum(run.corruptions.values()) == round(MIXED_RATE * MIXED_TELEGRAMS)
+    assert_clean_published(run)
+    assert_few_held(run)
 
 
 @pytest.mark.parametrize(("meter_kind", "seed"), MIXED, ids=_ids(MIXED))
@@ -240,15 +351,24 @@ def test_mixed_nothing_damaged_escapes(meter_kind: str, seed: int) -> None:
 
 
 @pytest.mark.parametrize(("meter_kind", "seed"), MIXED, ids=_ids(MIXED))
-def test_mixed_undetectable_energy_digits_are_bounded(meter_kind: str, seed: int) -> None:
+def test_mixed_undetectable_damage_is_bounded(meter_kind: str, seed: int) -> None:
     assert_undetectable_bounded(mixed_run(meter_kind, seed))
 
 
 @pytest.mark.parametrize(("meter_kind", "seed"), MIXED, ids=_ids(MIXED))
 def test_mixed_publications_are_in_order_without_duplicates(meter_kind: str, seed: int) -> None:
-    outcome = mixed_run(meter_kind, seed)
-    assert len(outcome.order) >= outcome.clean_published > 0
-    assert_ordered(outcome)
+    run = mixed_run(meter_kind, seed)
+    assert len(run.order) >= run.clean_published > 0
+    assert_ordered(run)
+
+
+@pytest.mark.parametrize("meter_kind", METERS)
+def test_every_line_is_damaged(meter_kind: str) -> None:
+    """The model hits every line of the layout, ident and end mark included."""
+    run = mixed_run(meter_kind, 1)
+    layout = parse(clean_run(meter_kind)[0][0])
+    lines = {"ident", "blank", "end", *layout.values}
+    assert lines <= {line for line, t in run.lines.items() if t.injected > 0}, run.report()
 
 
 # --- one kind at a time, 10 % --------------------------------------------------------------------
@@ -256,9 +376,9 @@ def test_mixed_publications_are_in_order_without_duplicates(meter_kind: str, see
 
 @pytest.mark.parametrize(("meter_kind", "kind"), PER_KIND, ids=_ids(PER_KIND))
 def test_per_kind_clean_telegrams_are_published(meter_kind: str, kind: str) -> None:
-    outcome = per_kind_run(meter_kind, kind)
-    assert outcome.corruptions == {kind: round(PER_KIND_RATE * PER_KIND_TELEGRAMS)}
-    assert_clean_published(outcome, MIN_CLEAN_PUBLISHED_PER_KIND)
+    run = per_kind_run(meter_kind, kind)
+    assert run.corruptions == {kind: round(PER_KIND_RATE * PER_KIND_TELEGRAMS)}
+    assert_clean_published(run, MIN_CLEAN_PUBLISHED_PER_KIND)
 
 
 @pytest.mark.parametrize(("meter_kind", "kind"), PER_KIND, ids=_ids(PER_KIND))
@@ -267,7 +387,7 @@ def test_per_kind_nothing_damaged_escapes(meter_kind: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize(("meter_kind", "kind"), PER_KIND, ids=_ids(PER_KIND))
-def test_per_kind_undetectable_energy_digits_are_bounded(meter_kind: str, kind: str) -> None:
+def test_per_kind_undetectable_damage_is_bounded(meter_kind: str, kind: str) -> None:
     assert_undetectable_bounded(per_kind_run(meter_kind, kind))
 
 

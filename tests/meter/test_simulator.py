@@ -17,12 +17,16 @@ from agent.meter.simulator import (
     SimulatedEbz,
     applicable_corruptions,
     corrupt,
+    corrupt_line,
     corrupted_stream,
+    line_of,
+    undetectable,
 )
 
 TELEGRAMS = Path(__file__).resolve().parents[2].parent / "shared" / "telegrams"
 AHPOHL = "ebz_dd3_bz06eta_msb_ahpohl-smartmeter_7telegrams.txt"
 RUST_2R = "ebz_dd3_2r06eta_rust-test-fixture.txt"
+DTA = "ebz_dd3_2r06dta_msb_philippoo66-eBZaehler.crlf-reconstructed.txt"
 CRLF = b"\r\n"
 _LINE = re.compile(rb"(\d+-\d+:\d+\.\d+\.\d+)\*255\(([^)]*)\)")
 
@@ -133,6 +137,63 @@ def test_two_direction_variant_matches_the_rust_fixture() -> None:
         assert shape(sim_line) == shape(real_line), (real_line, sim_line)
 
 
+def dta(seed: int = 7, **options: object) -> SimulatedEbz:
+    """The philippoo66 capture's meter: 2R06DTA, tariff registers, its counters."""
+    return make(
+        seed,
+        ident="EBZ5DD32R06DTA_107",
+        energy_kwh=2.66313813,
+        export_kwh=2.152,
+        tariffs=True,
+        **options,
+    )
+
+
+def test_tariff_variant_matches_the_philippoo66_capture_line_by_line() -> None:
+    real = split_telegrams(capture(DTA))[0]
+    simulated = dta().next_telegram()
+    real_lines, sim_lines = real.split(CRLF), simulated.split(CRLF)
+    assert len(sim_lines) == len(real_lines) == 19
+    for real_line, sim_line in zip(real_lines, sim_lines, strict=True):
+        assert shape(sim_line) == shape(real_line), (real_line, sim_line)
+
+
+def _tariffs(text: bytes, direction: bytes = b"1.8") -> tuple[int, int, int]:
+    """(total in 1e-8 kWh, tariff 1 and 2 in Wh) as displayed."""
+    values = {code: value for code, value in _LINE.findall(text)}
+    total = _centi(values[b"1-0:" + direction + b".0"])
+    t1, t2 = (_centi(values[b"1-0:%b.%d" % (direction, n)]) for n in (1, 2))
+    return total, t1, t2
+
+
+def test_tariff_registers_add_up_to_their_total_and_only_the_running_one_moves() -> None:
+    meter = dta(power_w=3000.0, pv_w=2500.0, export_tariffs=True)
+    seen = []
+    for i in range(4000):
+        if i == 2000:
+            meter.set_tariff(2)
+        seen.append(meter.next_telegram())
+    moved = {1: set(), 2: set()}
+    for i, (older, newer) in enumerate(itertools.pairwise(seen)):
+        for direction in (b"1.8", b"2.8"):
+            total, t1, t2 = _tariffs(newer, direction)
+            # Two truncated registers add up to the truncated total, or one digit less.
+            assert total // 10**5 - (t1 + t2) in (0, 1), (direction, newer)
+            _, o1, o2 = _tariffs(older, direction)
+            assert t1 >= o1 and t2 >= o2
+            if (t1, t2) != (o1, o2):
+                moved[1 if i < 1999 else 2].add((t1 != o1, t2 != o2))
+    assert moved == {1: {(True, False)}, 2: {(False, True)}}
+    assert meter.tariff_units("2.8") == _tariffs(seen[-1], b"2.8")[1:]
+
+
+def test_a_property_number_replaces_the_id_in_0_0_0_only() -> None:
+    text = make(property_number="469061").next_telegram()
+    assert b"1-0:0.0.0*255(469061)\r\n1-0:96.1.0*255(1EBZ0100000001)" in text
+    with pytest.raises(ValueError, match="export tariffs"):
+        make(tariffs=True, export_tariffs=True)
+
+
 def test_export_power_is_signed_with_the_same_digit_width() -> None:
     meter = make(ident="EBZ5DD32R06ETA_107", export_kwh=1.206, voltages=False, pv_w=2000.0)
     text = next(t for t in (meter.next_telegram() for _ in range(3000)) if meter.power_cw < 0)
@@ -148,7 +209,9 @@ def test_reduced_layout_has_whole_kwh_and_no_power() -> None:
     assert lines[5] == b"1-0:2.8.0*255(000046*kWh)"
     assert [line[:14] for line in lines[6:8]] == [b"1-0:96.5.0*255", b"0-0:96.8.0*255"]
     assert lines[8:] == [b"!", b""]
-    assert applicable_corruptions(b"\r\n".join(lines)) == CORRUPTIONS[:-1]
+    assert applicable_corruptions(b"\r\n".join(lines)) == tuple(
+        k for k in CORRUPTIONS if k != "power_digit"
+    )
 
 
 def test_layout_and_identity_changes_take_effect() -> None:
@@ -258,6 +321,77 @@ def test_every_corruption_changes_the_bytes(wire: bytes, kind: str) -> None:
         assert corrupt(wire, kind, rng) != wire
 
 
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_every_corruption_names_the_line_it_hit(wire: bytes, kind: str) -> None:
+    """Where the damage is a changed or lost byte, the line named is the one that holds it."""
+    rng = random.Random(kind)
+    text = decode_7e1(wire)
+    for _ in range(100):
+        damaged, line = corrupt_line(wire, kind, rng)
+        if kind == "truncate":
+            assert line == line_of(text, len(damaged) - 1)  # the line cut short
+            continue
+        first = next(i for i, (a, b) in enumerate(zip(wire, damaged, strict=False)) if a != b)
+        if kind != "repeat_line":  # a repeated line differs first where the next one starts
+            assert line == line_of(text, first), (kind, first, line)
+
+
+def test_line_of_names_every_part_of_a_telegram(wire: bytes) -> None:
+    text = decode_7e1(wire)
+    assert line_of(text, 0) == line_of(text, text.index(b"\r\n")) == "ident"
+    blank = text.index(b"\r\n\r\n") + 2
+    assert line_of(text, blank) == line_of(text, blank + 1) == "blank"
+    assert line_of(text, text.index(b"1.8.0")) == "1.8.0"
+    assert line_of(text, text.index(b"*kWh)") + 6) == "1.8.0"  # its LF
+    assert line_of(text, text.index(b"0-0:96.8.0")) == "96.8.0"
+    assert line_of(text, len(text) - 3) == line_of(text, len(text) - 1) == "end"
+
+
+def _changed(wire: bytes, damaged: bytes) -> tuple[int, int, int]:
+    diffs = [i for i, (a, b) in enumerate(zip(damaged, wire, strict=True)) if a != b]
+    assert len(diffs) == 1
+    i = diffs[0]
+    assert PARITY_ERROR not in decode_7e1(damaged)  # invisible to the parity check
+    return i, wire[i] & 0x7F, damaged[i] & 0x7F
+
+
+@pytest.mark.parametrize(
+    ("kind", "alphabet"),
+    [
+        ("digit", b"0123456789"),
+        ("hex", b"0123456789ABCDEF"),
+        ("letter", bytes(range(65, 91)) + bytes(range(97, 123))),
+        ("unit", b"kWhV" + bytes(range(65, 91)) + bytes(range(97, 123))),
+        ("char", bytes(range(0x20, 0x7F))),
+    ],
+)
+def test_character_changes_keep_parity_and_the_character_class(
+    wire: bytes, kind: str, alphabet: bytes
+) -> None:
+    rng = random.Random(kind)
+    text = decode_7e1(wire)
+    lines = set()
+    for _ in range(600):
+        damaged, line = corrupt_line(wire, kind, rng)
+        _, old, new = _changed(wire, damaged)
+        assert old != new and new in alphabet
+        if kind in ("digit", "letter"):
+            assert chr(old).isdigit() == chr(new).isdigit()
+            assert chr(old).isupper() == chr(new).isupper()
+        lines.add(line)
+    digits_in = {line_of(text, i) for i, c in enumerate(text) if chr(c).isdigit()}
+    expected = {
+        "digit": digits_in,
+        "hex": {"96.5.0", "96.8.0"},
+        "unit": {"1.8.0", "2.8.0", "16.7.0", "36.7.0", "56.7.0", "76.7.0"}
+        | {"32.7.0", "52.7.0", "72.7.0"},
+    }
+    if kind in expected:
+        assert lines == expected[kind]
+    if kind == "letter":
+        assert {"ident", "0.0.0", "96.1.0", "1.8.0", "16.7.0", "96.5.0"} <= lines
+
+
 def test_bit_flip_breaks_parity_of_exactly_one_byte(wire: bytes) -> None:
     rng = random.Random(1)
     for _ in range(50):
@@ -327,6 +461,39 @@ def test_unknown_or_impossible_corruption_is_refused(wire: bytes) -> None:
     reduced = make(reduced=True).next_telegram()
     with pytest.raises(ValueError, match="power_digit"):
         corrupt(encode_7e1(reduced), "power_digit", random.Random(0))
+
+
+# --- the undetectable class -------------------------------------------------------------------
+
+
+def _set(text: bytes, code: bytes, value: bytes) -> bytes:
+    return re.sub(rb"(:" + re.escape(code) + rb"\*255\()[^*)]*", rb"\g<1>" + value, text)
+
+
+def test_undetectable_is_only_the_documented_class() -> None:
+    meter = dta()
+    before, truth, after = (meter.next_telegram() for _ in range(3))
+    energy = parse(truth).energy
+    last = energy % 10
+    up2 = str(energy + 2).zfill(14).encode()
+    plus2 = _set(truth, b"1.8.0", up2[:6] + b"." + up2[6:])
+    assert undetectable(plus2, truth) == "1.8.0" and last >= 0
+    up3 = str(energy + 3).zfill(14).encode()
+    assert undetectable(_set(truth, b"1.8.0", up3[:6] + b"." + up3[6:]), truth) is None
+    volts = parse(truth).voltages_dv[0]
+    near = parse(before).voltages_dv[0] + 19
+    far = max(parse(before).voltages_dv[0], parse(after).voltages_dv[0]) + 20
+    fmt = lambda dv: f"{dv // 10:03d}.{dv % 10}".encode()  # noqa: E731
+    assert undetectable(_set(truth, b"32.7.0", fmt(near)), truth, (before, after)) == "32.7.0"
+    assert undetectable(_set(truth, b"32.7.0", fmt(far)), truth, (before, after)) is None
+    assert undetectable(_set(truth, b"32.7.0", fmt(volts + 1)), truth) is None  # no neighbour
+    t1 = _tariffs(truth)[1]
+    tariff = lambda wh: f"{wh // 1000:06d}.{wh % 1000:03d}".encode()  # noqa: E731
+    assert undetectable(_set(truth, b"1.8.1", tariff(t1 + 1)), truth) == "1.8.1"
+    assert undetectable(_set(truth, b"1.8.1", tariff(t1 + 2)), truth) is None
+    assert undetectable(_set(truth, b"16.7.0", b"000000.01"), truth) is None
+    two = _set(plus2, b"32.7.0", fmt(near))
+    assert undetectable(two, truth, (before, after)) is None  # two lines: never
 
 
 def test_corrupted_stream_hits_the_given_fraction_with_every_kind() -> None:
