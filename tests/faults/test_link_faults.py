@@ -20,6 +20,7 @@ import re
 import select
 import signal
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -675,29 +676,94 @@ def test_duplicate_client_id_kick_loop_is_named(
 
 # ------------------------------------------------------------------------------ 11
 def test_sigterm_mid_publish_exits_0_within_5_s(
-    tmp_path, pki, tls_broker, pty_meter, feed, observer, run_agent, figure: Figure
+    tmp_path, pki, tls_broker, pty_meter, feed, observer, notify_socket, run_agent, figure
 ):
-    """Fault 11a: SIGTERM right as a reading is published (obis_interval 0). Bound: exit 0
-    within 5 s, with a clean MQTT DISCONNECT."""
+    """Fault 11a: SIGTERM while a reading is in flight. The broker is frozen (SIGSTOP) right
+    after a reading went through, so the next one (a reading a second, obis_interval 0) is
+    written into a broker that cannot read it: its PUBLISH waits in the broker's socket
+    (that socket's unread bytes) and no PUBACK can come. Then SIGTERM.
+
+    Bound: exit 0 within 5 s and STOPPING=1, with a clean goodbye. Clean, with a broker
+    that cannot read, means: the agent neither waits for the PUBACK nor hangs on the
+    socket; it writes its DISCONNECT after the PUBLISH and closes the connection with a FIN
+    (not a reset, which would throw away what the broker has not read). While frozen, the
+    kernel shows that much (more unread bytes, the broker's end in CLOSE_WAIT); once thawed,
+    the broker's log shows what the bytes were: the PUBLISH (QoS 1, never acknowledged
+    while the agent ran), then the DISCONNECT."""
     cfg = make_config(tmp_path, "agent", tls_broker.port, pki, pty_meter.link, obis_interval="0")
-    agent = run_agent(cfg)
-    first = observer.wait_for(TOPIC_OBIS, timeout=15)
-    observer.wait_for(TOPIC_OBIS, timeout=5, after=first.t + 0.001)
+    agent = run_agent(cfg, notify_socket.env())
+    observer.wait_count(2, TOPIC_OBIS, timeout=15)
+    port = tls_broker.client_port(BRIDGE_ID)
+    # Right after a reading went through (the broker logs it before it forwards it), so the
+    # next reading, a second later, is the one caught in flight.
+    observer.wait_for(TOPIC_OBIS, timeout=5, after=time.monotonic())
+    mark = tls_broker.log_mark()
+    tls_broker.freeze()
+    deadline = time.monotonic() + 3.0
+    while tls_broker.unread_bytes(port) == 0:
+        assert time.monotonic() < deadline, "the agent wrote nothing to the frozen broker in 3 s"
+        time.sleep(0.005)
+    time.sleep(0.05)  # the whole PUBLISH, not only its first TCP segment
+    in_flight_bytes = tls_broker.unread_bytes(port)
     t0 = time.monotonic()
     agent.signal(signal.SIGTERM)
-    rc = agent.wait(10)
+    try:
+        rc: int | None = agent.wait(10)
+    except subprocess.TimeoutExpired:
+        rc = None
     took = time.monotonic() - t0
+    stopping = any(n.fields.get("STOPPING") == "1" for n in notify_socket.all())
+    goodbye_bytes = tls_broker.unread_bytes(port) - in_flight_bytes
+    closed = tls_broker.tcp_state(port)
+    tls_broker.thaw()
+    # The broker's last word on the connection ("Client <id> disconnected." after a
+    # DISCONNECT, "... closed its connection." without one); whatever it read, the figure
+    # says it.
+    with contextlib.suppress(TimeoutError):
+        tls_broker.wait_for_log(rf"Client {BRIDGE_ID} ", timeout=5, since=mark)
+    read = [
+        packet
+        for line in tls_broker.log_text()[mark:].splitlines()
+        if (packet := what_the_broker_read(line, BRIDGE_ID))
+    ]
+    in_flight = tls_broker.received_publishes(BRIDGE_ID, since=mark)
+    goodbye = (
+        bool(in_flight)
+        and read[len(in_flight) : len(in_flight) + 1] == ["DISCONNECT"]
+        and goodbye_bytes > 0
+        and closed == "CLOSE_WAIT"
+    )
+    ok = rc == 0 and took <= 5.0 and stopping and goodbye
     figure(
         fault="11 SIGTERM mid-publish",
-        injected="SIGTERM as a reading is published",
-        measured=f"exit {rc} after {took:.2f} s",
-        bound="exit 0 within 5 s",
-        ok=rc == 0 and took <= 5.0,
+        injected="broker frozen (SIGSTOP) right before a reading; its PUBLISH in flight "
+        f"({in_flight_bytes} bytes unread in the broker's socket, no PUBACK possible); SIGTERM",
+        measured=f"exit {rc} after {took:.2f} s; STOPPING=1: {stopping}; then "
+        f"{goodbye_bytes} more bytes and {closed} (broker frozen); after the thaw the broker "
+        f"read: {', '.join(read) or 'nothing'}",
+        bound="exit 0 within 5 s, STOPPING=1; the in-flight PUBLISH, then a DISCONNECT, then FIN",
+        ok=ok,
         exit_s=round(took, 3),
     )
     assert rc == 0, agent.log_text()
     assert took <= 5.0, took
-    tls_broker.wait_for_log(rf"Received DISCONNECT from {BRIDGE_ID}", timeout=2)
+    assert stopping, notify_socket.all()[-3:]
+    assert in_flight and all((p.topic, p.qos) == (TOPIC_OBIS, 1) for p in in_flight), read
+    assert goodbye_bytes > 0 and closed == "CLOSE_WAIT", (goodbye_bytes, closed)
+    assert read[len(in_flight) :] == ["DISCONNECT", "disconnected."], read
+    assert "Traceback" not in agent.log_text()
+
+
+def what_the_broker_read(line: str, client_id: str) -> str:
+    """A log line about client_id, in short: 'PUBLISH q1 m6', 'DISCONNECT', or what the
+    broker says about the connection ('disconnected.', 'closed its connection.')."""
+    if (p := parse_received_publish(line)) and p.client_id == client_id:
+        return f"PUBLISH q{p.qos} m{p.mid}"
+    if f"Received DISCONNECT from {client_id}" in line:
+        return "DISCONNECT"
+    if f"Client {client_id} " in line:
+        return line.split(f"Client {client_id} ", 1)[1]
+    return ""
 
 
 def test_sigkill_then_restart_starts_clean(

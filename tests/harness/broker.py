@@ -73,6 +73,10 @@ def received_publishes(log: str, client_id: str | None = None) -> list[ReceivedP
     return [p for p in found if p is not None and client_id in (None, p.client_id)]
 
 
+# include/net/tcp_states.h, as /proc/net/tcp prints them
+_TCP_STATES = {"01": "ESTABLISHED", "07": "CLOSE", "08": "CLOSE_WAIT"}
+
+
 def free_port() -> int:
     """Let the kernel pick a free port; the tiny reuse race is handled by a retry in start()."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -269,13 +273,21 @@ class _Broker:
         """Bytes a client sent on its connection that the broker has not read yet (the
         rx_queue of the broker's end in /proc/net/tcp). Non-zero while the broker is frozen
         means something the client wrote, e.g. a PUBLISH, is waiting for it."""
+        return self._tcp_entry(client_port)[1]
+
+    def tcp_state(self, client_port: int) -> str:
+        """The kernel's state of the broker's end of that connection: ESTABLISHED, or
+        CLOSE_WAIT once the client closed it with a FIN (CLOSE after a reset)."""
+        return _TCP_STATES.get(self._tcp_entry(client_port)[0], "other")
+
+    def _tcp_entry(self, client_port: int) -> tuple[str, int]:
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             local, remote, state, queues = line.split()[1:5]
             if state == "06":  # TIME_WAIT: an earlier connection that reused the port
                 continue
             ports = int(local.split(":")[1], 16), int(remote.split(":")[1], 16)
             if ports == (self.port, client_port):
-                return int(queues.split(":")[1], 16)
+                return state, int(queues.split(":")[1], 16)
         raise BrokerError(f"{self.name}: no connection from port {client_port}")
 
     # -- context manager -------------------------------------------------------------------
