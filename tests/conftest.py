@@ -149,7 +149,11 @@ Figure = Callable[..., None]
 @pytest.fixture
 def figure(request: pytest.FixtureRequest) -> Figure:
     """figure(fault, injected, measured, bound, ok, **details): one row of
-    docs/reliability.md, appended to $FAULT_RESULTS (JSON lines) when that is set."""
+    docs/reliability.md, appended to $FAULT_RESULTS (JSON lines) when that is set.
+
+    `note="..."` among the details is printed under the report's Notes: an explanation of
+    the figure, worded as one; any number in it must be one this test measured (format it
+    in), since scripts/reliability.py prints it as is."""
 
     def record(
         fault: str, injected: str, measured: str, bound: str, ok: bool, **details: object
