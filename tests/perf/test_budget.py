@@ -1,12 +1,22 @@
-"""The agent's cost on this machine at one telegram per second, against the product's budget.
+"""The agent's cost on this machine against the product's budget.
 
-A real TLS broker, a pty meter paced like a 9600-baud line, the agent as a subprocess. The
-figures are read from /proc (schedstat: CPU in ns; status: context switches and RSS) over
-a steady window after warm-up. Also written to docs/reliability.md by scripts/reliability.py.
+A real TLS broker, a pty meter, the agent as a subprocess. Figures are read from /proc
+(schedstat: CPU in ns of every thread; status: context switches and RSS) and from what the
+agent tells systemd (STATUS). Three measurements, each with start-up excluded:
+
+* steady state: one telegram per second paced like a 9600-baud line, `obis_interval = 0`
+  (every telegram published: one latency sample per telegram, and more CPU and wakeups
+  than the default of one reading per 2 s), with the watchdog pinged as under the shipped
+  unit: latency, CPU share, wakeups, RSS;
+* a burst: BURST telegrams written as fast as the agent reads them: CPU per telegram;
+* start-up: exec to READY=1.
+
+Also written to docs/reliability.md by scripts/reliability.py.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -18,17 +28,26 @@ import pytest
 from agent.meter.simulator import SimulatedEbz
 from tests.harness.agent import TOPIC_EVENT, TOPIC_OBIS
 from tests.harness.meter import BYTE_TIME_S, encode_7e1
+from tests.harness.notify import NotifySocket
 
 pytestmark = pytest.mark.perf
 
-WINDOW = float(os.environ.get("PERF_WINDOW", "40"))  # seconds of steady state measured
+# At least this many latency samples, or a p99 says nothing about the worst percent.
+MIN_SAMPLES = 100
+# Seconds of steady state measured (PERF_WINDOW may lengthen it, never below MIN_SAMPLES).
+WINDOW = max(float(os.environ.get("PERF_WINDOW", "0")), MIN_SAMPLES + 5.0)
+BURST = 3000  # telegrams; issue 10: a burst of >= 3,000 as fast as the agent reads them
+BURSTS = 3
 SECONDS = re.compile(rb"96\.8\.0\*255\(([0-9A-F]{8})\)")
+COUNTS = re.compile(r"\((\d+) telegrams, (\d+) rejected\)")  # in STATUS
+WATCHDOG_USEC = 30_000_000  # WatchdogSec=30, as in tibber-agent.service
 
 # The budget (developers' brief, "Cheap on a Pi").
 LATENCY_P99_MS = 5.0
 CPU_SHARE = 0.0015  # of one core
 WAKEUPS_PER_S = 5.0
 RSS_MB = 30.0
+CPU_PER_TELEGRAM_US = 100.0
 READY_MS = 300.0
 
 
@@ -64,20 +83,48 @@ def _rss_mb(pid: int) -> float:
     return kb / 1024
 
 
-def test_cost_at_one_telegram_per_second(start_agent, observer, pty_meter, figure):
-    agent = start_agent()
+def nearest_rank(values: list[float], q: float) -> float:
+    """The q-quantile by nearest rank: the ceil(q * n)-th smallest value."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def processed(sock: NotifySocket) -> tuple[int, int]:
+    """(accepted, rejected) from the agent's latest STATUS."""
+    for n in reversed(sock.all()):
+        found = COUNTS.search(n.fields.get("STATUS", ""))
+        if found:
+            return int(found[1]), int(found[2])
+    return 0, 0
+
+
+def test_nearest_rank() -> None:
+    lat = [float(v) for v in range(1, 101)]
+    assert nearest_rank(lat, 0.99) == 99.0  # 99 of 100 samples are <= it
+    assert nearest_rank([*lat, 1000.0], 0.99) == 100.0  # n = 101: the 100th smallest
+    assert nearest_rank([5.0, 1.0], 0.99) == 5.0
+    assert nearest_rank([3.0], 0.5) == 3.0
+
+
+def test_cost_at_one_telegram_per_second(
+    agent_config, start_agent, observer, pty_meter, notify_socket, figure
+):
+    agent_config.tibber["obis_interval"] = "0"
+    agent = start_agent(env=notify_socket.env(watchdog_usec=WATCHDOG_USEC))
     observer.wait_for(TOPIC_EVENT, timeout=10)
     assert pty_meter.wait_opened(10)
     meter = SimulatedEbz(rng=random.Random(5))
     sent_at: dict[bytes, float] = {}
 
-    def send_one() -> None:
+    def send_one() -> bytes:
         text = meter.next_telegram()
         wire = encode_7e1(text)
         pty_meter.write(wire[:-16])  # paced like the line
         time.sleep(16 * BYTE_TIME_S)
         pty_meter.write(wire[-16:], paced=False)
-        sent_at[SECONDS.search(text)[1]] = time.monotonic()  # the last byte
+        key = SECONDS.search(text)[1]
+        sent_at[key] = time.monotonic()  # the last byte
+        return key
 
     tick = time.monotonic()
     for _ in range(6):  # warm-up: the agent learns the meter's pace
@@ -85,29 +132,34 @@ def test_cost_at_one_telegram_per_second(start_agent, observer, pty_meter, figur
         tick += 1.0
         time.sleep(max(0.0, tick - time.monotonic()))
     cpu0, sw0, t0 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
-    sent = 0
+    window: set[bytes] = set()
     while time.monotonic() - t0 < WINDOW:
-        send_one()
-        sent += 1
+        window.add(send_one())
         tick += 1.0
         time.sleep(max(0.0, tick - time.monotonic()))
     cpu1, sw1, t1 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
     rss = _rss_mb(agent.pid)
-    time.sleep(0.2)
-    lat = sorted(
+    time.sleep(0.3)
+    lat = [
         (m.t - sent_at[key]) * 1000
         for m in observer.messages
-        if m.topic == TOPIC_OBIS and (key := SECONDS.search(m.payload)[1]) in sent_at
-    )
+        if m.topic == TOPIC_OBIS and (key := SECONDS.search(m.payload)[1]) in window
+    ]
+    sent = len(window)
     elapsed = t1 - t0
     share = (cpu1 - cpu0) / 1e9 / elapsed
-    per_telegram_us = (cpu1 - cpu0) / 1e3 / sent
     wakeups = (sw1 - sw0) / elapsed
-    p99 = lat[max(0, int(len(lat) * 0.99) - 1)]
+    p99 = nearest_rank(lat, 0.99) if lat else float("inf")
+    how = (
+        f"{sent} telegrams at 1/s over {elapsed:.0f} s, obis_interval 0 (every one published; "
+        "the default 2 s publishes half), watchdog pinged as with WatchdogSec=30"
+    )
     for name, value, bound, ok in (
         (
             "added latency, last byte to broker, p99",
-            f"{p99:.2f} ms (p50 {statistics.median(lat):.2f} ms, n={len(lat)})",
+            f"{p99:.2f} ms (nearest rank of n={len(lat)}; p50 "
+            f"{statistics.median(lat) if lat else float('nan'):.2f} ms, "
+            f"max {max(lat, default=float('nan')):.2f} ms)",
             f"<= {LATENCY_P99_MS} ms",
             p99 <= LATENCY_P99_MS,
         ),
@@ -118,12 +170,6 @@ def test_cost_at_one_telegram_per_second(start_agent, observer, pty_meter, figur
             share <= CPU_SHARE,
         ),
         (
-            "CPU per telegram (all threads, incl. wakeups)",
-            f"{per_telegram_us:.0f} us",
-            "<= 100 us",
-            per_telegram_us <= 100,
-        ),
-        (
             "wakeups (context switches, all threads)",
             f"{wakeups:.2f} /s",
             f"<= {WAKEUPS_PER_S} /s",
@@ -131,22 +177,75 @@ def test_cost_at_one_telegram_per_second(start_agent, observer, pty_meter, figur
         ),
         ("resident memory", f"{rss:.1f} MB", f"<= {RSS_MB} MB", rss <= RSS_MB),
     ):
-        figure(
-            fault="budget: " + name,
-            injected=f"{sent} telegrams at 1/s over {elapsed:.0f} s",
-            measured=value,
-            bound=bound,
-            ok=ok,
-        )
-    assert len(lat) >= sent // 2 - 2  # obis_interval 2: every second telegram
-    assert p99 <= LATENCY_P99_MS, lat[-5:]
+        figure(fault="budget: " + name, injected=how, measured=value, bound=bound, ok=ok)
+    print(
+        f"p99 {p99:.2f} ms (n={len(lat)}), cpu {share * 100:.3f} %, "
+        f"{wakeups:.2f} wakeups/s, RSS {rss:.1f} MB"
+    )
+    # Every telegram of the window was published (the last may wait for its successor).
+    assert len(lat) >= max(MIN_SAMPLES, sent - 1), (len(lat), sent)
+    assert p99 <= LATENCY_P99_MS, sorted(lat)[-5:]
     assert share <= CPU_SHARE, share
     assert wakeups <= WAKEUPS_PER_S, wakeups
     assert rss <= RSS_MB, rss
-    print(
-        f"p99 {p99:.2f} ms, cpu {share * 100:.3f} %, {per_telegram_us:.0f} us/telegram, "
-        f"{wakeups:.2f} wakeups/s, RSS {rss:.1f} MB"
+
+
+def test_cpu_per_telegram_in_a_burst(start_agent, observer, pty_meter, notify_socket, figure):
+    """BURSTS x BURST consecutive telegrams written to the pty as fast as the agent takes
+    them, with the default config. Per burst: CPU of all the agent's threads, divided by the
+    telegrams it framed (accepted + rejected, from its STATUS: what it processed, not what
+    was written). Start-up is excluded: the agent has connected, sent its hello and accepted
+    a few telegrams at the meter's pace before the first burst. The median of the bursts is
+    the figure: how the agent and the writer take turns on the pty (and so how many
+    telegrams one read() gets) varies with whatever else the machine runs."""
+    # A watchdog ping every 0.5 s refreshes the counters in STATUS.
+    agent = start_agent(env=notify_socket.env(watchdog_usec=1_000_000))
+    observer.wait_for(TOPIC_EVENT, timeout=10)
+    assert pty_meter.wait_opened(10)
+    meter = SimulatedEbz(rng=random.Random(6))
+    for _ in range(5):
+        pty_meter.send_telegram(meter.next_telegram())
+        time.sleep(0.9)
+    time.sleep(1.2)  # the counters of the warm-up reach STATUS
+    assert processed(notify_socket)[0] >= 4, notify_socket.all()[-1:]
+    published0 = len(observer.messages)
+
+    runs: list[tuple[float, int, float, float]] = []  # us per telegram, framed, s, switches
+    for _ in range(BURSTS):
+        wire = b"".join(encode_7e1(meter.next_telegram()) for _ in range(BURST))
+        accepted0, rejected0 = processed(notify_socket)
+        cpu0, sw0, t0 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
+        pty_meter.write_all(wire, timeout=10)
+        deadline = t0 + 60
+        while True:
+            accepted, rejected = processed(notify_socket)
+            framed = accepted - accepted0 + rejected - rejected0
+            # The last one may wait for a successor that only the next burst brings.
+            if framed >= BURST - 1:
+                break
+            assert time.monotonic() < deadline, f"{framed} of {BURST} processed after 60 s"
+            time.sleep(0.005)
+        cpu1, sw1, t1 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
+        assert rejected == rejected0, f"{rejected - rejected0} clean telegrams rejected"
+        runs.append(((cpu1 - cpu0) / 1e3 / framed, framed, t1 - t0, (sw1 - sw0) / framed))
+        time.sleep(0.6)  # the next STATUS settles the counts of this burst
+    per_telegram_us = statistics.median(r[0] for r in runs)
+    published = sum(m.topic == TOPIC_OBIS for m in observer.messages[published0:])
+    figure(
+        fault="budget: CPU per telegram",
+        injected=f"{BURSTS} bursts of {BURST} telegrams (consecutive seconds, parity-encoded) "
+        "written as fast as the agent reads them; obis_interval 2 (default): "
+        f"{published} published",
+        measured=f"{per_telegram_us:.0f} us, median of "
+        + ", ".join(
+            f"{us:.0f} us ({n} framed in {s:.2f} s, {sw:.2f} wakeups each)" for us, n, s, sw in runs
+        )
+        + " (CPU of all threads until STATUS showed them processed)",
+        bound=f"<= {CPU_PER_TELEGRAM_US:.0f} us",
+        ok=per_telegram_us <= CPU_PER_TELEGRAM_US,
     )
+    print(f"{per_telegram_us:.1f} us per telegram: {runs}")
+    assert per_telegram_us <= CPU_PER_TELEGRAM_US, runs
 
 
 def test_ready_within_300_ms(start_agent, notify_socket, figure):
