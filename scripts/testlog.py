@@ -27,6 +27,19 @@ def pytest_runtest_logfinish(nodeid: str) -> None:
     _write({"test": nodeid, "event": "finish", "t": time.time()})
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed:  # a module that does not import: its tests never run
+        _write(
+            {
+                "test": report.nodeid,
+                "event": "collect",
+                "outcome": "failed",
+                "seconds": 0,
+                "reason": str(report.longrepr).strip().splitlines()[-1].removeprefix("E").strip(),
+            }
+        )
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.passed and report.when != "call":
         return
