@@ -7,7 +7,7 @@ import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from gpiozero import Device
@@ -175,3 +175,36 @@ def figure(request: pytest.FixtureRequest) -> Figure:
             f.write(json.dumps(row) + "\n")
 
     return record
+
+
+# ---------------------------------------------------------------- what a machine cannot prove
+NotProven = Callable[[str], NoReturn]
+_NOT_PROVEN = pytest.StashKey[list[tuple[str, str]]]()
+
+
+@pytest.fixture
+def not_proven(request: pytest.FixtureRequest) -> NotProven:
+    """not_proven(reason): this machine cannot prove what the test is about (no driver, no
+    device cgroup...). Ends the test as skipped, never passed, and lists it in the run
+    summary's NOT PROVEN ON THIS MACHINE block, which a one-line skip reason is not."""
+
+    def record(reason: str) -> NoReturn:
+        request.config.stash.setdefault(_NOT_PROVEN, []).append((request.node.nodeid, reason))
+        pytest.skip(f"NOT PROVEN ON THIS MACHINE: {reason}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    unproven = config.stash.get(_NOT_PROVEN, [])
+    if not unproven:
+        return
+    terminalreporter.section("NOT PROVEN ON THIS MACHINE", sep="!", red=True, bold=True)
+    for nodeid, reason in unproven:
+        terminalreporter.line(f"{nodeid}: {reason}", red=True, bold=True)
+    terminalreporter.line(
+        f"{len(unproven)} check(s) above did not run here: not a pass. Run them where the "
+        "machine can (e.g. a Raspberry Pi with the IR head's USB driver).",
+        red=True,
+        bold=True,
+    )
