@@ -108,7 +108,7 @@ class Activity:
     own: float  # this run and every process it started and reaped (getrusage)
     neighbours: tuple[Neighbour, ...]  # other processes seen in /proc, the busiest first
     unlisted: float  # other processes seen below the listing threshold, together
-    runs: tuple[tuple[str, int], ...]  # other test runs seen at all (kind, how many), any CPU
+    runs: tuple[tuple[str, tuple[int, ...]], ...]  # other test runs seen at all: kind, pids
     threshold: float  # a kind of process is listed from this many cores on
     samples: int
     period: float
@@ -190,7 +190,7 @@ class ProcessWatch:
             neighbours=listed,
             unlisted=sum(cores for _, cores in by_cores if cores < self.threshold),
             runs=tuple(
-                (label.removesuffix(RUN), len(pids))
+                (label.removesuffix(RUN), tuple(sorted(pids)))
                 for label, pids in sorted(self._pids.items())
                 if label.endswith(RUN)
             ),
@@ -389,7 +389,7 @@ def render_circumstances(
         f"{n.label}: {cores(n.cores)} ({n.processes} process{'es' if n.processes > 1 else ''})"
         for n in a.neighbours
     )
-    runs = ", ".join(f"{kind} x{n}" for kind, n in a.runs)
+    runs = ", ".join(f"{kind} x{len(pids)}" for kind, pids in a.runs)
     soak = any(kind == "scripts/soak.py" for kind, _ in a.runs)
     rows = [
         ("command", f"`{command}`"),

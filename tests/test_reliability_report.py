@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ def activity(**changes: object) -> Activity:
         own=0.61,
         neighbours=(Neighbour("pytest", 3, 0.74),),
         unlisted=0.04,
-        runs=(("pytest", 3),),
+        runs=(("pytest", (4411, 4417, 4423)),),
         threshold=0.01,
         samples=219,
         period=2.0,
@@ -108,7 +107,7 @@ def serialized(r: Report) -> str:
         {"exit_code": 1, "rows": [row("tests/faults/t.py::test_a", ok=False)]},
         {
             "code_before": CodeState("b4e7d91", "Fix", (" M agent/mqtt.py", "?? new.py")),
-            "activity": activity(runs=(("scripts/soak.py", 1),), neighbours=()),
+            "activity": activity(runs=(("scripts/soak.py", (3391,)),), neighbours=()),
             "tests": {"tests/faults/t.py::test_a": Outcome("skipped", "no faketime", None, None)},
             "soak_follows": True,
         },
@@ -135,7 +134,7 @@ def test_the_sentences_follow_the_data() -> None:
         report(
             code_before=CodeState("b4e7d91", "Fix", (" M agent/mqtt.py",)),
             code_after=CodeState("c0ffee1", "Other", ()),
-            activity=activity(runs=(("scripts/soak.py", 1), ("pytest", 2))),
+            activity=activity(runs=(("scripts/soak.py", (3391,)), ("pytest", (4411, 4417)))),
             rows=[row("t::a", ok=False), row("t::b", note="why it is so")],
             tests={
                 "t::a": Outcome("passed", "", None, None),
@@ -220,20 +219,25 @@ def test_the_real_settings_can_be_evaluated() -> None:
 def test_process_watch_sees_other_processes(tmp_path: Path) -> None:
     """A busy process that is not this run's (orphaned, so not a descendant) is listed
     under its command name with its CPU; this run's own busy child counts as the run's."""
-    busy = tmp_path / "h3busyloop"
-    busy.symlink_to(shutil.which("python3") or sys.executable)
+    python = Path(sys.executable).resolve()  # the binary: not a venv's, not a shim
+    theirs, ours = tmp_path / "otherloop", tmp_path / "ownloop"
+    theirs.symlink_to(python)
+    ours.symlink_to(python)
     loop = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass\n"
     watch = ProcessWatch(period=0.5).start()
     # sh starts the loop in the background and exits: the loop is reparented, not ours.
-    subprocess.run(["sh", "-c", f'"{busy}" -c "$0" &', loop], check=True, timeout=10)
-    subprocess.run([sys.executable, "-c", loop], check=True, timeout=20)  # ours
+    subprocess.run(["sh", "-c", f'"{theirs}" -c "$0" &', loop], check=True, timeout=10)
+    subprocess.run([str(ours), "-c", loop], check=True, timeout=20)
     time.sleep(0.5)
     seen = watch.stop()
     other = {n.label: n for n in seen.neighbours}
-    assert "h3busyloop" in other, seen
-    assert other["h3busyloop"].cores >= 0.2, seen
+    assert "otherloop" in other, seen
+    assert other["otherloop"].cores >= 0.2, seen
+    assert "ownloop" not in other, seen
+    # this run (and its own children) is never another run
+    assert not any(os.getpid() in pids for _, pids in seen.runs), seen.runs
     assert seen.own >= 0.2, seen
-    assert seen.busy >= other["h3busyloop"].cores, seen
+    assert seen.busy >= other["otherloop"].cores, seen
 
 
 # ---------------------------------------------------------------- scripts/soak.py's checks
