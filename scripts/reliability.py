@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Run the fault-injection suite and the budget tests; write docs/reliability.md from the run.
 
-    python3 scripts/reliability.py [--scale 10] [--window 60] [--set NAME=VALUE]
-                                   [--out docs/reliability.md] [-- pytest args]
+    .venv-test/bin/python scripts/reliability.py [--scale 10] [--window 60] [--set NAME=VALUE]
+                                                 [--out docs/reliability.md] [-- pytest args]
+
+(.venv-test is the venv `sudo bash tests/run.sh` builds; any Python with the test extras works.)
 
 Each test of tests/faults and tests/perf records rows with `figure(...)` (tests/conftest.py):
 the fault, how it was injected, what was measured, the bound and whether it was met, and
@@ -51,7 +53,6 @@ SETTINGS_SOURCES = (*TEST_PATHS, "tests/conftest.py")
 # What CI runs: the README command, through these two files.
 CI_FILES = (".ci/run", "tests/run.sh")
 SOAK_HEADING = "\n## Soak\n"
-SOAK_MARK = "| command | `python3 scripts/soak.py"  # in every section soak.py writes
 
 
 # ------------------------------------------------------------------------------ settings
@@ -192,6 +193,14 @@ def settings(
             )
         )
     return out
+
+
+def written_by_soak(section: str) -> bool:
+    """Whether a soak section has the circumstances table soak.py writes."""
+    return any(
+        line.startswith("| command | ") and "scripts/soak.py" in line
+        for line in section.splitlines()
+    )
 
 
 def ci_command(root: Path) -> str:
@@ -377,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         ap.error(f"no test reads {', '.join(sorted(unknown))}")
 
-    command = shlex.join(["python3", "scripts/reliability.py", *(argv or sys.argv[1:])])
+    # As typed, with the interpreter (sys.orig_argv); main(argv) from Python shows argv.
+    command = shlex.join(sys.orig_argv if argv is None else ["scripts/reliability.py", *argv])
     pytest_args = ["-q", *PLUGINS, *TEST_PATHS]
     pytest_args += args.pytest_args
     with tempfile.TemporaryDirectory() as tmp:
@@ -402,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     old = args.out.read_text() if args.out.exists() else ""
     soak = old[old.index(SOAK_HEADING) :] if SOAK_HEADING in old else ""
-    if SOAK_MARK not in soak:
+    if not written_by_soak(soak):
         soak = ""  # written by hand or by an older soak.py, without its circumstances: dropped
     lines = [line for line in run.stdout.splitlines() if line.strip()]
     report = Report(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: the agent for an hour at one telegram per second, with a fault every few minutes.
 
-    python3 scripts/soak.py [--minutes 60] [--fault-every 180] [--report]
+    .venv-test/bin/python scripts/soak.py [--minutes 60] [--fault-every 180] [--report]
 
 Real parts as in the tests (a client-certificate TLS mosquitto, a pty IR head, the agent
 as a subprocess whose stderr goes to a pipe, as under journald). Faults cycle through:
@@ -30,6 +30,7 @@ import argparse
 import datetime
 import os
 import random
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -291,7 +292,7 @@ def main() -> int:
         print(f"  {c.verdict.strip('*'):12} {c.name}: {c.measured} (bound {c.bound})")
     passed = all(c.ok for c in results)
     if args.report:
-        command = "python3 scripts/soak.py " + " ".join(sys.argv[1:])
+        command = shlex.join(sys.orig_argv)  # as typed, with the interpreter
         table = render_circumstances(
             command,
             code_before,

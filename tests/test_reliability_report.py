@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from scripts.provenance import Activity, CodeState, Neighbour, ProcessWatch
-from scripts.reliability import Outcome, Report, Setting, outcomes, render, settings
+from scripts.reliability import (
+    Outcome,
+    Report,
+    Setting,
+    outcomes,
+    render,
+    settings,
+    written_by_soak,
+)
 from scripts.soak import Sample
 from scripts.soak import checks as soak_checks
 from tests.harness.paths import REPO_ROOT
@@ -156,6 +164,13 @@ def test_the_sentences_follow_the_data() -> None:
     assert "Passed without recording a figure: `t::d`." in busy
     assert "- 3 half-open connection: why it is so" in busy
     assert "This run differs from CI's in the tests it runs." in busy
+
+
+def test_a_soak_section_is_kept_only_with_its_circumstances() -> None:
+    typed = "\n## Soak\n\nThe agent ran at commit 1c07c2e; the later changes touch ...\n"
+    written = "\n## Soak\n\n| | |\n|---|---|\n| command | `python scripts/soak.py` |\n"
+    assert not written_by_soak(typed)
+    assert written_by_soak(written)
 
 
 def test_outcomes_name_failures_and_skips() -> None:
