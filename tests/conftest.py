@@ -189,10 +189,16 @@ def not_proven(request: pytest.FixtureRequest) -> NotProven:
     summary's NOT PROVEN ON THIS MACHINE block, which a one-line skip reason is not."""
 
     def record(reason: str) -> NoReturn:
-        request.config.stash.setdefault(_NOT_PROVEN, []).append((request.node.nodeid, reason))
+        record_not_proven(request.config, request.node.nodeid, reason)
         pytest.skip(f"NOT PROVEN ON THIS MACHINE: {reason}")
 
     return record
+
+
+def record_not_proven(config: pytest.Config, nodeid: str, reason: str) -> None:
+    """For the summary block; the caller makes sure the test does not pass (e.g. at
+    collection, where a fixture cannot run yet: add a skip marker with the same reason)."""
+    config.stash.setdefault(_NOT_PROVEN, []).append((nodeid, reason))
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
