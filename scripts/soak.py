@@ -229,7 +229,8 @@ def main() -> int:
     code: int | None = None
     try:
         while time.monotonic() - t0 < duration:
-            time.sleep(min(30.0, max(0.0, next_fault - time.monotonic())))
+            left = t0 + duration - time.monotonic()
+            time.sleep(max(0.0, min(30.0, next_fault - time.monotonic(), left)))
             now = time.monotonic() - t0
             if agent.poll() is not None:
                 print("the agent exited:", agent.returncode, *tail, sep="\n")
