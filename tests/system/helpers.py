@@ -13,6 +13,7 @@ paths in the namespace's private mounts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -49,14 +50,20 @@ def _missing_tools(tools: Iterable[str]) -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
 
 
-def copy_checkout(dest: Path, *also_ignore: str) -> Path:
-    """The checkout without VCS data, build leftovers and caches."""
+def missing_tool(tool: str, package: str) -> str | None:
+    """Why a test needing `tool` cannot run here, or None."""
+    return None if shutil.which(tool) else f"{tool} missing (apt-get install {package})"
+
+
+def copy_checkout(dest: Path, *also_ignore: str, source: Path = CHECKOUT) -> Path:
+    """The checkout (or another copy of it) without VCS data, build leftovers and caches."""
     shutil.copytree(
-        CHECKOUT,
+        source,
         dest,
         ignore=shutil.ignore_patterns(
             ".git",
             ".venv",
+            ".venv-test",
             "build",
             "dist",
             "*.egg-info",
@@ -70,6 +77,7 @@ def copy_checkout(dest: Path, *also_ignore: str) -> Path:
     return dest
 
 
+@functools.cache
 def overlay_skip_reason() -> str | None:
     """Why install.sh cannot run in a throwaway root here, or None."""
     if sys.platform != "linux":
@@ -95,6 +103,7 @@ def overlay_skip_reason() -> str | None:
     return None
 
 
+@functools.cache
 def nspawn_skip_reason() -> str | None:
     """Why the installed service cannot be booted under systemd-nspawn here, or None."""
     reason = overlay_skip_reason()
@@ -181,6 +190,21 @@ def build_wheelhouse(dest: Path) -> Path:
     for wheel in dest.glob("tibber_agent-*.whl"):
         wheel.unlink()
     return dest
+
+
+_snapshot_cache: dict[str, Path] = {}
+
+
+def checkout_snapshot(tmp_path_factory) -> Path:
+    """The checkout as it was when the session's first system test needed it; the system
+    tests install from this copy. The checkout itself may change during a run (work going
+    on in the tree), and install.sh reinstalls when its sources change; from one snapshot,
+    a reinstall that should change nothing must change nothing, or it is a real failure."""
+    if "path" not in _snapshot_cache:
+        _snapshot_cache["path"] = copy_checkout(
+            tmp_path_factory.mktemp("checkout") / "tibber-agent"
+        )
+    return _snapshot_cache["path"]
 
 
 _wheelhouse_cache: dict[str, Path] = {}
