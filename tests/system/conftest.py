@@ -14,14 +14,15 @@ from tests.conftest import record_not_proven
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "needs_machine(why_not): why_not() says why this machine cannot run the test, or None",
+        "needs_machine(why_not=f): f() says why this machine cannot run the test, or None",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for mark in item.iter_markers("needs_machine"):
-            why_not: Callable[[], str | None] = mark.args[0]
+            # A keyword: a mark given one callable positionally would decorate it instead.
+            why_not: Callable[[], str | None] = mark.kwargs["why_not"]
             reason = why_not()
             if reason:
                 record_not_proven(config, item.nodeid, reason)
