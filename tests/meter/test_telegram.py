@@ -110,7 +110,8 @@ def test_the_iobroker_pair_and_the_cut_2020_capture_parse() -> None:
 
 
 def test_negative_power_is_signed_centiwatts() -> None:
-    # meters.md §4: export shows as (-000458.90*W); the phases here are unsigned magnitudes.
+    # meters.md §4: export shows as (-000458.90*W). Parsing only: these unsigned phases are
+    # from an edited sample, and validation requires the sum with signs (firmware-notes B9).
     raw = (
         read_capture(RUST_2R)
         .replace(b"(000211.26*W)", b"(-000458.90*W)")
@@ -148,10 +149,21 @@ def sim(layout: str, seed: int = 4) -> SimulatedEbz:
         return SimulatedEbz(rng=rng, ident="EBZ5DD32R06DTA_107", export_kwh=2.152, pv_w=900.0)
     if layout == "reduced":
         return SimulatedEbz(rng=rng, reduced=True, export_kwh=46.9)
+    if layout == "tariffs":  # DTA with tariffs both ways, a property number in 0.0.0
+        return SimulatedEbz(
+            rng=rng,
+            ident="EBZ5DD32R06DTA_107",
+            energy_kwh=2.66313813,
+            export_kwh=2.152,
+            pv_w=900.0,
+            tariffs=True,
+            export_tariffs=True,
+            property_number="469061",
+        )
     raise AssertionError(layout)
 
 
-LAYOUTS = ("full", "2R", "2R-msb", "reduced")
+LAYOUTS = ("full", "2R", "2R-msb", "reduced", "tariffs")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -169,7 +181,15 @@ def test_the_cached_parser_matches_parse_on_every_simulator_layout(layout: str) 
         if layout != "reduced":
             assert fast.power["16.7.0"] == meter.power_cw
             signs.add(meter.power_cw < 0)
-    if layout.startswith("2R"):
+        if layout == "tariffs":
+            assert fast.ids == ("469061", meter.meter_id)
+            sums = {s.total: s for s in fast.tariffs}
+            assert sums["1.8.0"].registers == meter.tariff_units("1.8")
+            assert sums["2.8.0"].registers == meter.tariff_units("2.8")
+            assert sums["1.8.0"].left == meter.energy_units - sum(meter.tariff_units()) * 10**5
+        else:
+            assert fast.ids == (meter.meter_id, meter.meter_id)
+    if layout.startswith("2R") or layout == "tariffs":
         assert signs == {True, False}  # both import and export went through the fast path
 
 
