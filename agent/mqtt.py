@@ -25,6 +25,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -141,8 +142,11 @@ class MqttLink:
         self._connected = False
         self._last_in = 0.0
         self._closing = False
-        # mid -> when published: until written (QoS 0) or acknowledged (QoS 1).
-        self._pending: dict[int, float] = {}
+        # (when, paho's MQTTMessageInfo) of each message of the current client until paho
+        # marks it published: written (QoS 0) or acknowledged (QoS 1). The lock guards the
+        # deque only and is never held while paho runs: paho calls its callbacks holding its
+        # own locks, which its publish() takes too, so a lock held across both deadlocks.
+        self._pending: deque[tuple[float, mqtt.MQTTMessageInfo]] = deque()
         self._pending_lock = threading.Lock()
         self.state = LinkState.CONNECTING
         self.problem: Problem | None = None
@@ -221,34 +225,31 @@ class MqttLink:
         """Publish now or drop: never queued for a later connection, never behind a stalled
         one (it would only deliver stale data later, and grow memory). True if queued."""
         now = self._clock()
+        client = self._client
+        if client is None or not self._connected or self._stalled(now):
+            return False
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=False)
+        except OSError:
+            # paho wakes the network thread through a socket pair; should that fail,
+            # the message is dropped like any other: a network error is not the
+            # caller's (the meter thread's) to handle.
+            return False
+        if info.rc != paho().MQTT_ERR_SUCCESS:
+            return False
         with self._pending_lock:
-            client = self._client
-            if client is None or not self._connected or self._stalled(now):
-                return False
-            try:
-                info = client.publish(topic, payload, qos=qos, retain=False)
-            except OSError:
-                # paho wakes the network thread through a socket pair; should that fail,
-                # the message is dropped like any other: a network error is not the
-                # caller's (the meter thread's) to handle.
-                return False
-            if info.rc != paho().MQTT_ERR_SUCCESS:
-                return False
-            self._pending[info.mid] = now
-            return True
+            if client is self._client:  # else a new client started over meanwhile
+                self._pending.append((now, info))
+        return True
 
     def _stalled(self, now: float) -> bool:
         """Messages not written (QoS 0) or not acknowledged (QoS 1) for STALL seconds, or
         too many of them: the link is not moving."""
-        pending = self._pending
-        return len(pending) >= MAX_PENDING or (
-            bool(pending) and now - min(pending.values()) > STALL
-        )
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        # paho calls this when a QoS 0 message is written, a QoS 1 message acknowledged.
         with self._pending_lock:
-            self._pending.pop(mid, None)
+            pending = self._pending
+            if pending and any(info.is_published() for _, info in pending):
+                pending = self._pending = deque(p for p in pending if not p[1].is_published())
+            return len(pending) >= MAX_PENDING or (bool(pending) and now - pending[0][0] > STALL)
 
     # ------------------------------------------------------------- the network thread
     def _run(self) -> None:
@@ -306,9 +307,8 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_log = self._on_log
-        client.on_publish = self._on_publish
         with self._pending_lock:
-            self._pending = {}  # mids start over with each client
+            self._pending.clear()  # what the last client had pending is gone with it
         client.on_socket_close = self._on_socket_close
         # With this hook set, publish() from another thread only queues the packet and wakes
         # the network thread, which alone reads and writes the socket (an SSL connection

@@ -300,3 +300,41 @@ def test_a_bug_in_a_hook_after_connack_ends_the_thread(
     assert not link.alive, changes.seen
     assert [a.exc_type for a in thread_deaths] == [KeyError], thread_deaths
     assert all(c.state is not LinkState.REJECTED for c in changes.seen), changes.seen
+
+
+# ------------------------------------------------------------------------------ publishing
+def test_publishing_from_another_thread_while_acks_arrive_never_deadlocks(
+    tls_broker: TlsBroker, pki: Pki, start_link: Start
+) -> None:
+    """The meter thread publishes while the network thread handles PUBACKs. paho calls
+    on_publish holding its own message lock, and publish() takes that lock too: a link
+    lock held across both, in opposite order, deadlocks the two threads (seen as an agent
+    that stops sending for good until the watchdog restarts it). A publisher as fast as it
+    can be makes PUBACKs arrive during publish() thousands of times."""
+    meter = MeterState()
+    link, changes = start_link(
+        lambda c: TibberUplink(tibber_settings(pki, tls_broker.port), meter, on_change=c)
+    )
+    changes.wait(is_connected, timeout=10)
+    sent = 0
+    done = threading.Event()
+
+    def hammer() -> None:
+        nonlocal sent
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            if link.publish("$aws/rules/test/hammer", b"x" * 300, 1):
+                sent += 1
+        done.set()
+
+    publisher = threading.Thread(target=hammer, name="publisher", daemon=True)
+    publisher.start()
+    assert done.wait(15), f"the publisher hung after {sent} messages (deadlock)"
+    # The link keeps moving: a last message is written and acknowledged.
+    before = link.heartbeat
+    deadline = time.monotonic() + 5
+    while not link.publish("$aws/rules/test/hammer", b"last", 1):
+        assert time.monotonic() < deadline, "the link stalled after the burst"
+        time.sleep(0.05)
+    assert sent > 500, sent
+    assert link.heartbeat >= before
