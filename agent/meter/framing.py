@@ -60,43 +60,45 @@ class Framer:
         """Add bytes; return the telegrams they completed, oldest first.
 
         A telegram cut short by the next `/` is returned too, without its end mark.
+        Each byte is looked at a bounded number of times, however many telegrams one read
+        brings (a reader that fell behind may get many at once).
         """
         telegrams: list[bytes] = []
+        buf = self._buf
         pos = 0
         n = len(data)
         while pos < n:
-            if not self._buf:
+            if not buf:
                 start = data.find(b"/", pos)
                 if start < 0:
                     self.stats.dropped_bytes += n - pos
                     break
                 self.stats.dropped_bytes += start - pos
-                self._buf.append(START)
+                buf.append(START)
                 pos = start + 1
                 continue
-            # Inside a telegram: look for its end and for a premature restart.
-            # The end marker may straddle two reads, so search from 2 bytes back.
-            search_from = max(0, len(self._buf) - 2)
-            self._buf += data[pos:]
-            pos = n
-            end = self._buf.find(END, search_from)
-            restart = self._buf.find(b"/", max(1, search_from))
-            if restart >= 0 and (end < 0 or restart < end):
+            # Inside a telegram: find its end (the mark may straddle this read and the
+            # last) and a premature restart.
+            end = self._straddling_end(data, pos)
+            end_at = pos if end >= 0 else data.find(END, pos)
+            if end < 0 and end_at >= 0:
+                end = end_at + len(END)
+            restart = data.find(b"/", pos)
+            if restart >= 0 and (end < 0 or restart < end_at):
                 # `/` never occurs inside eBZ data: the telegram so far lost its end. It is
                 # passed on all the same (it fails parsing): its intact lines can still
                 # vouch for a neighbour (telegram.salvage).
                 self.stats.restarted += 1
-                rest = bytes(self._buf[restart:])
-                telegrams.append(bytes(self._buf[:restart]))
-                self._buf.clear()
-                pos -= len(rest)
+                buf += data[pos:restart]
+                telegrams.append(bytes(buf))
+                buf.clear()
+                pos = restart
                 continue
             if end >= 0:
-                stop = end + len(END)
-                telegram = bytes(self._buf[:stop])
-                rest_len = len(self._buf) - stop
-                self._buf.clear()
-                pos -= rest_len
+                buf += data[pos:end]
+                pos = end
+                telegram = bytes(buf)
+                buf.clear()
                 if len(telegram) <= self._max:
                     telegrams.append(telegram)
                     self.stats.telegrams += 1
@@ -105,8 +107,19 @@ class Framer:
                     self.stats.oversized += 1
                     self.stats.dropped_bytes += len(telegram)
                 continue
-            if len(self._buf) > self._max:
+            buf += data[pos:]
+            pos = n
+            if len(buf) > self._max:
                 self.stats.oversized += 1
-                self.stats.dropped_bytes += len(self._buf)
-                self._buf.clear()
+                self.stats.dropped_bytes += len(buf)
+                buf.clear()
         return telegrams
+
+    def _straddling_end(self, data: bytes, pos: int) -> int:
+        """Where in `data` an end mark begun in the last read ends, or -1."""
+        buf = self._buf
+        if buf.endswith(b"!\r") and data.startswith(b"\n", pos):
+            return pos + 1
+        if buf.endswith(b"!") and data.startswith(b"\r\n", pos):
+            return pos + 2
+        return -1

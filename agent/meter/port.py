@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, termios.error)
 
 VMIN_MAX = 255  # VMIN is a cc_t (unsigned char)
+# At most this much per read: several telegrams, so a reader that fell behind catches up
+# in a few reads, while the framer's work per read stays small.
+MAX_READ = 8192
 CHAR_TIME = 10 / 9600  # seconds per character at 9600 baud, 7E1 (10 bits)
 
 
@@ -109,9 +112,11 @@ class MeterPort:
 
     @staticmethod
     def _drain(fd: int) -> bytes:
-        """All bytes waiting (a pty hands out 64 per read())."""
+        """The bytes waiting (a pty hands out 64 per read()), up to MAX_READ: a line that
+        keeps delivering while we read must not make one read grow without bound."""
         chunks = []
-        while True:
+        size = 0
+        while size < MAX_READ:
             try:
                 chunk = os.read(fd, 4096)
             except BlockingIOError:
@@ -123,6 +128,7 @@ class MeterPort:
             if not chunk:
                 break
             chunks.append(chunk)
+            size += len(chunk)
             if len(chunk) < 64:
                 break  # less than a pty's portion: nothing more waiting
         return b"".join(chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -164,3 +165,47 @@ def test_reset_forgets_a_partial_telegram() -> None:
     assert framer.stats.dropped_bytes == 123
     # The tail of `one` arrives after the reopen: garbage up to the next '/'.
     assert framer.feed(one[123:] + two) == [two]
+
+
+def test_noisy_stream_frames_the_same_for_any_split() -> None:
+    """Garbage, cut telegrams, restarts and end marks straddling reads: random splits of one
+    stream give the same telegrams and the same statistics as whole telegrams fed one by one."""
+    rng = random.Random(3)
+    parts: list[bytes] = []
+    for t in sim_stream(300, seed=4):
+        roll = rng.random()
+        if roll < 0.1:
+            parts.append(t[: rng.randrange(1, len(t))])  # cut short: the next `/` restarts
+        elif roll < 0.2:
+            parts.append(bytes(rng.randrange(32, 127) for _ in range(rng.randrange(1, 40))))
+        parts.append(t)
+    stream = b"".join(parts)
+    whole = Framer()
+    want = [t for part in parts for t in whole.feed(part)]
+    for _ in range(20):
+        framer, got, pos = Framer(), [], 0
+        while pos < len(stream):
+            step = rng.choice((1, 2, 3, rng.randrange(1, 2000)))
+            got += framer.feed(stream[pos : pos + step])
+            pos += step
+        assert got == want
+        assert framer.stats == whole.stats
+
+
+def test_one_large_read_costs_no_more_per_telegram_than_small_ones() -> None:
+    """A reader that fell behind gets thousands of telegrams in one read: the framer must not
+    copy the rest of the read once per telegram (that was 100x slower per telegram at 1 MB).
+    A ratio on one machine, not an absolute time, with 5x of slack."""
+    data = b"".join(sim_stream(3000))
+
+    def cost(chunk: int) -> float:
+        best = float("inf")
+        for _ in range(3):
+            framer = Framer()
+            t0 = time.perf_counter()
+            n = len(frame(data, chunk, framer))
+            best = min(best, time.perf_counter() - t0)
+            assert n == 3000
+        return best
+
+    assert cost(len(data)) < 5 * cost(400)
