@@ -359,7 +359,7 @@ def notes(r: Report) -> list[str]:
         "The soak (`scripts/soak.py --report`, not in CI) writes the section below from its own "
         "run, with its own circumstances."
         if r.soak_follows
-        else "No soak section yet: `python3 scripts/soak.py --report` adds one."
+        else "No soak section yet: `scripts/soak.py --report` adds one (see the README)."
     )
     return out
 
