@@ -8,7 +8,7 @@ import re
 import time
 
 from agent.meter.simulator import SimulatedEbz, corrupted_stream, undetectable
-from tests.harness.agent import TOPIC_EVENT, TOPIC_OBIS
+from tests.harness.agent import BRIDGE_ID, TOPIC_EVENT, TOPIC_OBIS
 from tests.harness.meter import encode_7e1
 
 SECONDS = re.compile(rb"96\.8\.0\*255\(([0-9A-F]{8})\)")
@@ -56,7 +56,13 @@ def test_mirror_gets_raw_telegrams_and_never_slows_tibber(
     start_agent()
     raw = mirror_observer.wait_for("/ebz/raw", timeout=10)
     assert raw.payload.startswith(b"/EBZ5DD3BZ06ETA_107\r\n\r\n1-0:0.0.0*255(")
-    assert raw.payload.endswith(b"\r\n!\r\n") and raw.qos == 0 and not raw.retain
+    assert raw.payload.endswith(b"\r\n!\r\n")
+    # QoS and retain as the agent sent them: only the broker's log shows them (a subscriber's
+    # QoS is capped by its subscription; MQTT 3.1.1 clears retain on live delivery).
+    sent = plain_broker.received_publishes(f"tibber-agent-{BRIDGE_ID}")
+    assert sent, plain_broker.log_text()[-2000:]
+    assert {(p.topic, p.qos, p.retain, p.dup) for p in sent} == {("/ebz/raw", 0, False, False)}
+    assert sent[0].size == len(raw.payload)
     tibber = observer.wait_for(TOPIC_OBIS, timeout=5)
     assert tibber.payload == raw.payload.replace(b"\r\n\r\n", b"\r\n", 1)
     # The local broker dies: Tibber still gets every telegram.
