@@ -42,9 +42,14 @@ SECONDS = re.compile(rb"96\.8\.0\*255\(([0-9A-F]{8})\)")
 COUNTS = re.compile(r"\((\d+) telegrams, (\d+) rejected\)")  # in STATUS
 WATCHDOG_USEC = 30_000_000  # WatchdogSec=30, as in tibber-agent.service
 
-# The budget (developers' brief, "Cheap on a Pi").
+# The budget (developers' brief, "Cheap on a Pi"), except where said.
 LATENCY_P99_MS = 5.0
+# The brief asks for <= 0.10 % of a core at 1 telegram/s. Measured here: about 0.10 % with
+# the default obis_interval and 0.11-0.13 % with every telegram published (this window), so
+# this test holds the agent to 0.15 %, and the figure says both bounds; reaching 0.10 % with
+# room to spare is issue 10's work.
 CPU_SHARE = 0.0015  # of one core
+BRIEF_CPU_SHARE = 0.0010
 WAKEUPS_PER_S = 5.0
 RSS_MB = 30.0
 CPU_PER_TELEGRAM_US = 100.0
@@ -166,7 +171,9 @@ def test_cost_at_one_telegram_per_second(
         (
             "CPU at 1 telegram/s",
             f"{share * 100:.3f} % of a core",
-            f"<= {CPU_SHARE * 100} %",
+            f"<= {CPU_SHARE * 100:.2f} % (this test); the brief's budget is "
+            f"<= {BRIEF_CPU_SHARE * 100:.2f} %: "
+            + ("met" if share <= BRIEF_CPU_SHARE else "not met"),
             share <= CPU_SHARE,
         ),
         (
