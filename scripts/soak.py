@@ -31,6 +31,7 @@ import datetime
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,7 @@ def main() -> int:
         observer.stop()
         meter.close()
         broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
     activity = watch.stop()
     code_after = code_state(ROOT)
 
