@@ -12,24 +12,27 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Self
 
 import pytest
 
 from agent.mqtt import NETWORK_RETRY_CAP
-from agent.state import LinkState, MeterHealth, Pattern, led_pattern
+from agent.state import Pattern
 from tests.harness.agent import AgentConfig, AgentProcess
 from tests.harness.broker import TlsBroker
 from tests.harness.certs import Pki
 from tests.harness.meter import PtyMeter
-from tests.harness.notify import Notification, NotifySocket
-from tests.harness.paths import REPO_ROOT
+from tests.harness.notify import (
+    NotifySocket,
+    led_of,
+    status_of,
+    statuses,
+    wait_status,
+)
 from tests.harness.proxy import CuttingProxy
 
 Figure = Callable[..., None]  # the `figure` fixture (tests/conftest.py)
@@ -38,34 +41,6 @@ EXIT_BOUND_S = 10.0  # a crashed worker ends the process this soon
 
 
 # ------------------------------------------------------------------------------ helpers
-def status_of(n: Notification) -> str:
-    return n.fields.get("STATUS", "")
-
-
-def statuses(sock: NotifySocket) -> list[Notification]:
-    return [n for n in sock.all() if "STATUS" in n.fields]
-
-
-def wait_status(sock: NotifySocket, needle: str, timeout: float) -> Notification:
-    deadline = time.monotonic() + timeout
-    while True:
-        for n in statuses(sock):
-            if needle in status_of(n):
-                return n
-        if time.monotonic() >= deadline:
-            seen = "\n".join(f"  {n.t:.2f} {status_of(n)}" for n in statuses(sock))
-            raise AssertionError(f"no STATUS with {needle!r} within {timeout} s; got:\n{seen}")
-        time.sleep(0.02)
-
-
-def led_of(status: str) -> Pattern:
-    """The LED pattern that goes with this STATUS (agent.state.led_pattern on its states)."""
-    meter = re.match(r"meter (ok|no data|port missing|garbled|starting)", status)
-    tibber = re.search(r"; Tibber (\w+)", status)
-    assert meter and tibber, status
-    return led_pattern(MeterHealth(meter[1]), LinkState(tibber[1]))
-
-
 class BuggyAgent(AgentProcess):
     """`python -m tests.faults.injected_bug CONFIG BUG`: `run` with one bug injected."""
 
@@ -73,17 +48,8 @@ class BuggyAgent(AgentProcess):
         super().__init__(config, f"bug-{bug}", env)
         self.bug = bug
 
-    def start(self) -> Self:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.injected_bug", str(self.config), self.bug],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=str(REPO_ROOT),
-            start_new_session=True,
-        )
-        return self
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "tests.faults.injected_bug", str(self.config), self.bug]
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.meter.simulator import SimulatedEbz
-from agent.state import LinkState, MeterHealth, Pattern, led_pattern
+from agent.state import Pattern
 from tests.harness.agent import (
     BRIDGE_ID,
     TOPIC_BRIDGE_METRIC,
@@ -42,7 +42,14 @@ from tests.harness.agent import (
 from tests.harness.broker import HOST, TlsBroker, parse_received_publish
 from tests.harness.certs import Pki, expired_client, foreign_ca, foreign_client, mismatched_key
 from tests.harness.meter import BYTE_TIME_S, PtyMeter, encode_7e1
-from tests.harness.notify import Notification, NotifySocket
+from tests.harness.notify import (
+    Notification,
+    NotifySocket,
+    led_of,
+    status_of,
+    statuses,
+    wait_status,
+)
 from tests.harness.observer import Message
 from tests.harness.paths import libfaketime
 
@@ -130,41 +137,6 @@ def meter_second(payload: bytes) -> int:
     found = re.search(rb"96\.8\.0\*255\(([0-9A-F]{8})\)", payload)
     assert found, payload[:200]
     return int(found[1], 16)
-
-
-def status_of(n: Notification) -> str:
-    return n.fields.get("STATUS", "")
-
-
-def statuses(sock: NotifySocket, after: float = float("-inf")) -> list[Notification]:
-    return [n for n in sock.all() if "STATUS" in n.fields and n.t >= after]
-
-
-def wait_status(
-    sock: NotifySocket,
-    needle: str | Callable[[str], bool],
-    timeout: float,
-    after: float = float("-inf"),
-) -> Notification:
-    """The first STATUS (arrived at t >= after) that contains needle (or satisfies it)."""
-    match = needle if callable(needle) else (lambda s: needle in s)
-    deadline = time.monotonic() + timeout
-    while True:
-        for n in statuses(sock, after):
-            if match(status_of(n)):
-                return n
-        if time.monotonic() >= deadline:
-            seen = "\n".join(f"  {n.t:.2f} {status_of(n)}" for n in statuses(sock))
-            raise AssertionError(f"no STATUS with {needle!r} within {timeout} s; got:\n{seen}")
-        time.sleep(0.02)
-
-
-def led_of(status: str) -> Pattern:
-    """The LED pattern the agent shows with this STATUS (same state, agent.state.led_pattern)."""
-    meter = re.match(r"meter (ok|no data|port missing|garbled|starting)", status)
-    tibber = re.search(r"; Tibber (\w+)", status)
-    assert meter and tibber, status
-    return led_pattern(MeterHealth(meter[1]), LinkState(tibber[1]))
 
 
 _CONNECTED = re.compile(r"New client connected from \S+ as (\S+) \(.*?u'([^']*)'\)")

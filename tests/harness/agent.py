@@ -90,10 +90,14 @@ class AgentProcess:
         self.env.pop("JOURNAL_STREAM", None)
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def argv(self) -> list[str]:
+        """What is run (a subclass may run another entry point with the same handling)."""
+        return [sys.executable, "-m", "agent", "-c", str(self.config), self.command]
+
     def start(self) -> Self:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "-c", str(self.config), self.command],
+            self.argv(),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-__all__ = ["Notification", "NotifySocket"]
+from agent.state import LinkState, MeterHealth, Pattern, led_pattern
+
+__all__ = ["Notification", "NotifySocket", "led_of", "status_of", "statuses", "wait_status"]
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -115,3 +119,39 @@ class NotifySocket:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------- STATUS lines
+def status_of(n: Notification) -> str:
+    return n.fields.get("STATUS", "")
+
+
+def statuses(sock: NotifySocket, after: float = float("-inf")) -> list[Notification]:
+    return [n for n in sock.all() if "STATUS" in n.fields and n.t >= after]
+
+
+def wait_status(
+    sock: NotifySocket,
+    needle: str | Callable[[str], bool],
+    timeout: float,
+    after: float = float("-inf"),
+) -> Notification:
+    """The first STATUS (arrived at t >= after) that contains needle (or satisfies it)."""
+    match = needle if callable(needle) else (lambda s: needle in s)
+    deadline = time.monotonic() + timeout
+    while True:
+        for n in statuses(sock, after):
+            if match(status_of(n)):
+                return n
+        if time.monotonic() >= deadline:
+            seen = "\n".join(f"  {n.t:.2f} {status_of(n)}" for n in statuses(sock))
+            raise AssertionError(f"no STATUS with {needle!r} within {timeout} s; got:\n{seen}")
+        time.sleep(0.02)
+
+
+def led_of(status: str) -> Pattern:
+    """The LED pattern the agent shows with this STATUS (same state, agent.state.led_pattern)."""
+    meter = re.match(r"meter (ok|no data|port missing|garbled|starting)", status)
+    tibber = re.search(r"; Tibber (\w+)", status)
+    assert meter and tibber, status
+    return led_pattern(MeterHealth(meter[1]), LinkState(tibber[1]))
