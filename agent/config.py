@@ -104,7 +104,11 @@ class Settings:
 
 
 # ---------------------------------------------------------------- value parsers
-_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+# DNS labels of 1-63 characters: the resolver's IDNA step raises a ValueError (not an OSError)
+# for an empty or longer one, which would end a network worker instead of being retried.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"{_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\]")
+_HOST_MAX = 253
 _TOPIC_CHARS = re.compile(r"[^\s#+]+")
 
 
@@ -160,15 +164,32 @@ def _bool(v: str) -> bool:
 def _host(v: str) -> str:
     if "://" in v or (":" in v and not v.startswith("[")) or "/" in v:
         raise ValueError(f"must be a bare host name (no scheme, port or path), got {v!r}")
-    if not _HOST.fullmatch(v):
-        raise ValueError(f"is not a valid host name: {v!r}")
+    if not _HOST.fullmatch(v) or len(v) > _HOST_MAX:
+        raise ValueError(
+            f"is not a valid host name (labels of 1-63 letters, digits or -, "
+            f"at most {_HOST_MAX} in all): {v!r}"
+        )
     return v
 
 
-def _topic(v: str) -> str:
-    if not _TOPIC_CHARS.fullmatch(v) or v.endswith("/"):
-        raise ValueError(f"must be an MQTT topic without spaces, + or # and no trailing /: {v!r}")
-    return v
+# An MQTT topic is at most 65535 bytes (paho raises a ValueError for a longer one). The agent
+# adds to [tibber] mqtt_topic: the rule prefix in front, "/TFD01/<eui>/obis_stream" behind.
+_MQTT_STRING_MAX = 65535
+_TOPIC_ADDED_MAX = len(RULE_PREFIX) + 64
+
+
+def _topic_of(max_bytes: int) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if not _TOPIC_CHARS.fullmatch(v) or v.endswith("/"):
+            raise ValueError(
+                f"must be an MQTT topic without spaces, + or # and no trailing /: {v!r}"
+            )
+        size = len(v.encode("utf-8"))
+        if size > max_bytes:
+            raise ValueError(f"is longer than MQTT allows here ({max_bytes} bytes), got {size}")
+        return v
+
+    return parse
 
 
 def _client_id(v: str) -> str:
@@ -182,10 +203,9 @@ def _text(v: str) -> str:
 
 
 def _mqtt_string(v: str) -> str:
-    # An MQTT string is at most 65535 bytes of UTF-8.
     size = len(v.encode("utf-8"))
-    if size > 65535:
-        raise ValueError(f"is longer than MQTT allows (65535 bytes), got {size}")
+    if size > _MQTT_STRING_MAX:
+        raise ValueError(f"is longer than MQTT allows ({_MQTT_STRING_MAX} bytes), got {size}")
     return v
 
 
@@ -280,7 +300,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "bridge_id": (_hex("12,13"), REQUIRED),
         "eui": (_hex("16"), REQUIRED),
         "client_id": (_client_id, ""),
-        "mqtt_topic": (_topic, ""),
+        "mqtt_topic": (_topic_of(_MQTT_STRING_MAX - _TOPIC_ADDED_MAX), ""),
         "keepalive": (_int(1, 1200), 60),
         "obis_interval": (_seconds(0.1, 3600, zero_ok=True), 2.0),
         "bridge_metric_interval": (_seconds(1, 86400), 120.0),
@@ -292,7 +312,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "enabled": (_bool, False),
         "host": (_host, "localhost"),
         "port": (_int(1, 65535), 1883),
-        "topic": (_topic, "/ebz/raw"),
+        "topic": (_topic_of(_MQTT_STRING_MAX), "/ebz/raw"),
         "username": (_mqtt_string, ""),
         "password": (_mqtt_string, ""),
         "ca_cert": (_text, ""),

@@ -382,6 +382,7 @@ class ProcessCase:
     port: str | None = None  # [meter] port, else the (existing) test tty
     key: str = "bridge_metrics_template"
     template: str = ""  # the file's text
+    sections: tuple[tuple[str, str, str], ...] = ()  # (section, key, value) set besides
 
 
 def _json(doc: Any) -> str:
@@ -418,6 +419,22 @@ PROCESS_CASES = [
     ProcessCase("port foo", "[meter] port: pyserial knows no scheme 'foo'", port="foo://x"),
     ProcessCase("port loop", "[meter] port: loop://", port="loop://"),
     ProcessCase("port no tcp port", "[meter] port: must be socket://host:port", port="socket://h"),
+    # Values that reached the resolver or paho and raised a ValueError there (exit 70).
+    ProcessCase(
+        "host empty label",
+        "[tibber] mqtt_url: is not a valid host name",
+        sections=(("tibber", "mqtt_url", "broker..example"),),
+    ),
+    ProcessCase(
+        "mirror host label of 64",
+        "[mirror] host: is not a valid host name",
+        sections=(("mirror", "enabled", "true"), ("mirror", "host", "a" * 64 + ".lan")),
+    ),
+    ProcessCase(
+        "topic too long",
+        "[tibber] mqtt_topic: is longer than MQTT allows",
+        sections=(("tibber", "mqtt_topic", "t/" + "a" * 70000),),
+    ),
 ]
 
 
@@ -430,6 +447,8 @@ def test_run_and_check_exit_78_with_one_line(tmp_path: Path, pki: Pki, case: Pro
         config.directory.mkdir(parents=True)
         (config.directory / "t.json").write_text(case.template)
         config.tibber[case.key] = "t.json"
+    for section, key, value in case.sections:
+        getattr(config, section)[key] = value
     path = config.write()
     for command in ("check", "run"):
         agent = AgentProcess(path, command).start()

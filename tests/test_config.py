@@ -165,6 +165,10 @@ BROKEN: list[tuple[str, str, str]] = [
     ("tibber", "mqtt_url", "broker.example/mqtt"),
     ("tibber", "mqtt_url", "bad_host!"),
     ("tibber", "mqtt_url", "-leading-dash.example"),
+    ("tibber", "mqtt_url", "a..b.example"),  # an empty label: the resolver's ValueError
+    ("tibber", "mqtt_url", "a" * 64 + ".example"),  # a label over 63
+    ("tibber", "mqtt_url", "a-.example"),
+    ("tibber", "mqtt_url", ".".join(["abc"] * 64)),  # 255 characters, over 253
     ("tibber", "mqtt_port", "0"),
     ("tibber", "mqtt_port", "65536"),
     ("tibber", "mqtt_port", "8883x"),
@@ -183,6 +187,8 @@ BROKEN: list[tuple[str, str, str]] = [
     ("tibber", "mqtt_topic", "tibber-bridge/+/publish"),
     ("tibber", "mqtt_topic", "tibber-bridge/uid/publish/"),
     ("tibber", "mqtt_topic", "tibber bridge/publish"),
+    ("tibber", "mqtt_topic", "t/" + "a" * 70000),  # over MQTT's 65535 bytes: paho's ValueError
+    ("tibber", "mqtt_topic", "t/" + "a" * 65440),  # fits alone, not with what the agent adds
     ("tibber", "keepalive", "0"),
     ("tibber", "keepalive", "1201"),
     ("tibber", "keepalive", "60s"),
@@ -201,10 +207,12 @@ BROKEN: list[tuple[str, str, str]] = [
     ("mirror", "enabled", "maybe"),
     ("mirror", "host", "mqtt://localhost"),
     ("mirror", "host", "localhost:1883"),
+    ("mirror", "host", "mqtt..lan"),
     ("mirror", "port", "70000"),
     ("mirror", "port", "-1"),
     ("mirror", "topic", "/ebz/#"),
     ("mirror", "topic", "/ebz/raw/"),
+    ("mirror", "topic", "/" + "é" * 32768),  # 65537 bytes of UTF-8
     ("mirror", "password", "secret"),  # without a username
     ("led", "enabled", "2"),
     ("led", "gpio", "28"),
@@ -224,6 +232,29 @@ def test_a_broken_key_is_named_in_the_error(
     message = load_error(write(tmp_path, {(section, key): value}))
     assert message.startswith(f"[{section}] {key}: "), message
     assert len(message) > len(f"[{section}] {key}: ") + 5  # and says what is wrong
+
+
+def test_the_longest_topics_allowed_fit_mqtt(tmp_path: Path) -> None:
+    """The longest [tibber] mqtt_topic and [mirror] topic load, and every topic the agent
+    publishes to then is within MQTT's 65535 bytes."""
+    from agent.tibber.payloads import Topics
+
+    for prefix in ("t/", "$aws/rules/r/t/"):
+        # The longest topic that loads, searched between 65400 bytes and MQTT's limit.
+        longest = None
+        for size in range(65400, 65536):
+            try:
+                s = load(write(tmp_path, {("tibber", "mqtt_topic"): prefix + "a" * size}))
+            except ConfigError:
+                break
+            longest = s
+        else:
+            pytest.fail("a topic of 65535 bytes and more loads: MQTT cannot carry it")
+        assert longest is not None and longest.tibber is not None
+        topics = Topics.of(longest.tibber)
+        assert max(len(t.encode()) for t in vars(topics).values()) <= 65535
+    mirror = "/" + "a" * 65534
+    assert load(write(tmp_path, {("mirror", "topic"): mirror})).mirror.topic == mirror
 
 
 def test_every_key_has_a_broken_case() -> None:
