@@ -224,17 +224,6 @@ REFUSED_SCHEMES = {
     "(use /dev/serial/by-id/... or /dev/ttyIRhead)",
     "cp2110": "needs the hidapi module, which the agent does not install",
 }
-# The options pyserial's handlers take, with a test of the value. Not `logging`: pyserial
-# would log every read.
-_URL_OPTIONS: dict[str, dict[str, Callable[[str], bool]]] = {
-    "socket": {},
-    "rfc2217": {
-        "ign_set_control": lambda v: True,
-        "poll_modem": lambda v: True,
-        "timeout": lambda v: _positive_number(v),
-    },
-}
-_SUPPORTED = "a device path, " + " or ".join(PORT_URLS.values())
 
 
 def _positive_number(v: str) -> bool:
@@ -243,6 +232,19 @@ def _positive_number(v: str) -> bool:
     except ValueError:
         return False
     return math.isfinite(x) and x > 0
+
+
+# The options pyserial's handlers take, with a test of the value. Not `logging`: pyserial
+# would log every read.
+_URL_OPTIONS: dict[str, dict[str, Callable[[str], bool]]] = {
+    "socket": {},
+    "rfc2217": {
+        "ign_set_control": lambda v: True,
+        "poll_modem": lambda v: True,
+        "timeout": _positive_number,
+    },
+}
+_SUPPORTED = "a device path, " + " or ".join(PORT_URLS.values())
 
 
 def parse_port(v: str) -> str:
@@ -265,9 +267,13 @@ def parse_port(v: str) -> str:
 def _network_url(v: str, scheme: str) -> None:
     """host:port and known options, split as pyserial will split it at open (urlsplit)."""
     form = PORT_URLS[scheme]
-    parts = urllib.parse.urlsplit(v)
+    try:
+        parts = urllib.parse.urlsplit(v)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        raise ValueError(f"must be {form}, got {v!r}") from None
     host, _, port = parts.netloc.rpartition(":")
-    if "@" in parts.netloc or not _HOST.fullmatch(host) or not port.isdigit():
+    valid_host = _HOST.fullmatch(host) and len(host) <= _HOST_MAX
+    if "@" in parts.netloc or not valid_host or not port.isdigit():
         raise ValueError(f"must be {form}, got {v!r}")
     if not 1 <= int(port) <= 65535:
         raise ValueError(f"the TCP port must be between 1 and 65535, got {port} in {v!r}")

@@ -608,6 +608,8 @@ MALFORMED_URLS = [
     "socket://host:http",
     "socket://user@host:23",
     "socket://bad_host!:23",
+    "socket://a..b:23",
+    "socket://[::1:23",
     "socket://host:23/path",
     "socket://host:23#frag",
     "socket://host:23?logging=debug",
