@@ -246,7 +246,7 @@ class DemoPrinter:
         self.out.line(f"--> {topic}\n{text.rstrip()}")
 
     def counters(self) -> Counters:
-        return Counters(self.meter.telegrams_read, self.published)
+        return Counters(self.published)
 
     def hello(self) -> None:
         hello = self.metrics.hello(time.monotonic(), time.time(), self.meter, self.counters())

@@ -19,8 +19,7 @@ from .payloads import HostInfo, PayloadBuilder, Snapshot, Topics
 class Counters:
     """What the metrics count, read at one moment."""
 
-    telegrams_read: int
-    published: int
+    published: int  # obis_stream messages sent
 
 
 class MetricSchedule:
@@ -36,7 +35,7 @@ class MetricSchedule:
         self._start = start
         self._bridge = Every(settings.bridge_metric_interval, start)
         self._node = Every(settings.node_metric_interval, start)
-        self._at_bridge = self._at_node = Counters(0, 0)
+        self._at_bridge = self._at_node = Counters(0)
 
     @property
     def next_due(self) -> float:

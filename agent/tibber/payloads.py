@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TibberSettings
+from .templates import BRIDGE_FIELDS, NODE_FIELDS
 
 # QoS 1 everywhere (AWS IoT takes 0 and 1). The known-working sender used 0 for readings;
 # 1 costs one small PUBACK per reading and tells the agent within seconds that a link has
@@ -263,35 +264,6 @@ def _dump(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-_BRIDGE_KEYS = (
-    "vcc",
-    "heap",
-    "coredump_available",
-    "ota",
-    "hub_ota_status",
-    "manifest_state",
-    "manifest_version",
-    "manifest_group",
-    "netflags",
-    "mac",
-    "ap_mac",
-    "ssid",
-    "bssid",
-    "channel",
-)
-_NODE_KEYS = (
-    "product_id",
-    "bootloader_version",
-    "meter_mode",
-    "node_battery_voltage",
-    "node_avg_rssi",
-    "node_avg_lqi",
-    "radio_tx_power",
-    "acmp_rx_autolevel_300",
-    "acmp_rx_autolevel_9600",
-)
-
-
 def _bridge_constants(doc: dict[str, Any] | None) -> dict[str, Any]:
     """Constant fields from a captured hello, TJH01 metric or bare metrics object."""
     if not doc:
@@ -299,7 +271,7 @@ def _bridge_constants(doc: dict[str, Any] | None) -> dict[str, Any]:
     status = doc.get("status") or doc.get("metrics") or doc
     if not isinstance(status, dict):
         return {}
-    out = {k: status[k] for k in _BRIDGE_KEYS if k in status}
+    out = {k: status[k] for k in BRIDGE_FIELDS if k in status}
     return out
 
 
@@ -308,7 +280,7 @@ def _node_constants(doc: dict[str, Any] | None) -> dict[str, Any]:
     if not doc:
         return {}
     status = doc.get("node_status", doc)
-    out = {k: status[k] for k in _NODE_KEYS if isinstance(status, dict) and k in status}
+    out = {k: status[k] for k in NODE_FIELDS if isinstance(status, dict) and k in status}
     version = (doc.get("hub_attachments") or {}).get("node_version")
     if isinstance(version, str):
         out["node_version"] = version

@@ -195,4 +195,4 @@ class TibberUplink(MqttLink):
         )
 
     def _counters(self) -> Counters:
-        return Counters(self._meter.telegrams_read, self.published)
+        return Counters(self.published)
