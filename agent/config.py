@@ -138,6 +138,19 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+# The rates every Linux serial driver takes as termios constants. A USB adapter may refuse
+# another ("custom") rate only when the port is opened, which would end the meter thread;
+# meters use 300 (mode C's start) to 9600 (D0 push) or a little more.
+BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def _baudrate(v: str) -> int:
+    n = _int(BAUDRATES[0], BAUDRATES[-1])(v)
+    if n not in BAUDRATES:
+        raise ValueError(f"must be one of {', '.join(map(str, BAUDRATES))}, got {n}")
+    return n
+
+
 def _seconds(lo: float, hi: float, *, zero_ok: bool = False) -> Callable[[str], float]:
     def parse(v: str) -> float:
         try:
@@ -293,7 +306,7 @@ REQUIRED = object()
 _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
     "meter": {
         "port": (parse_port, "/dev/ttyUSB0"),
-        "baudrate": (_int(300, 115200), 9600),
+        "baudrate": (_baudrate, 9600),
         "stale_after": (_seconds(1, 3600), 10.0),
     },
     "tibber": {

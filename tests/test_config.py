@@ -155,6 +155,7 @@ BROKEN: list[tuple[str, str, str]] = [
     ("meter", "baudrate", "299"),
     ("meter", "baudrate", "115201"),
     ("meter", "baudrate", "9600.0"),
+    ("meter", "baudrate", "12345"),
     ("meter", "stale_after", "ten"),
     ("meter", "stale_after", "0.5"),
     ("meter", "stale_after", "3601"),
