@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .config import MirrorSettings
 from .meter.telegram import Telegram
 from .mqtt import MqttLink
+from .state import LinkState, Problem
 
 if TYPE_CHECKING:
     import ssl
@@ -40,6 +41,19 @@ class Mirror(MqttLink):
         import ssl
 
         return ssl.create_default_context(cafile=str(self.settings.ca_cert))
+
+    def classify(self, error: BaseException | str) -> Problem:
+        import ssl
+
+        if isinstance(error, ssl.SSLCertVerificationError):
+            why = error.verify_message or str(error)
+            ca = self.settings.ca_cert
+            return Problem(
+                LinkState.REJECTED, f"ca_cert {ca} does not trust the broker's certificate ({why})"
+            )
+        if isinstance(error, ssl.SSLError) and not isinstance(error, ssl.SSLEOFError):
+            return Problem(LinkState.REJECTED, f"TLS failed: {error.reason or error}")
+        return super().classify(error)
 
     def configure(self, client: mqtt.Client) -> None:
         if self.settings.username:

@@ -253,6 +253,20 @@ def test_a_connack_refusal_is_a_rejection_on_the_mirror_too(
         assert first.problem is not None and "Not authorized" in first.problem.text, first
 
 
+def test_a_mirror_ca_that_does_not_trust_its_broker_is_named(
+    tmp_path: Path, tls_broker: TlsBroker, start_link: Start
+) -> None:
+    """[mirror] ca_cert that did not sign the local broker's certificate: the mirror says so
+    (a fix for the user), not 'unreachable' (a network problem to wait out)."""
+    ca = foreign_ca(tmp_path / "other")
+    settings = MirrorSettings(enabled=True, host=HOST, port=tls_broker.port, ca_cert=ca)
+    _, changes = start_link(lambda ch: Mirror(settings, "mirror", on_change=ch))
+    first = changes.wait(lambda c: c.problem is not None, timeout=5)
+    assert first.state is LinkState.REJECTED, first
+    assert first.problem is not None
+    assert f"ca_cert {ca} does not trust the broker's certificate" in first.problem.text, first
+
+
 # ------------------------------------------------------------------------------ bugs
 def test_a_bug_in_the_link_ends_its_thread_instead_of_posing_as_a_rejection(
     pki: Pki,
