@@ -138,7 +138,7 @@ MALFORMED_STRINGS = {
         "a4:cf:12:0b:3c:",
         "<mac>",
     ],
-    BSSID: ["3494545e840", "3494545e84011", "34:94:54:5e:84:01", "3494545e840g", "<bssid>"],
+    BSSID: ["0a1b2c3d4e5", "0a1b2c3d4e5f6", "0a:1b:2c:3d:4e:5f", "0a1b2c3d4e5g", "<bssid>"],
     OTA: [],
 }
 BAD_OTA = [

@@ -19,8 +19,8 @@ from tests.harness.certs import Pki
 from tests.harness.paths import REPO_ROOT, SHARED
 
 UID = "0123456789abcdef0123456789ABCDEF"
-BRIDGE_ID = "3494545e84000"
-EUI = "dc8e95fffeb82bfe"
+BRIDGE_ID = "0f1e2d3c4b5a6"
+EUI = "0f1e2d3c4b5a6978"
 
 VALID: dict[str, dict[str, str]] = {
     "meter": {"port": "/dev/ttyUSB0", "baudrate": "9600", "stale_after": "10"},
@@ -178,10 +178,10 @@ BROKEN: list[tuple[str, str, str]] = [
     ("tibber", "uid", "g" + UID[1:]),
     ("tibber", "bridge_id", BRIDGE_ID[:11]),
     ("tibber", "bridge_id", BRIDGE_ID + "0"),
-    ("tibber", "bridge_id", "3494545e8400z"),
+    ("tibber", "bridge_id", "0f1e2d3c4b5az"),
     ("tibber", "eui", EUI[:-1]),
     ("tibber", "eui", EUI + "00"),
-    ("tibber", "eui", "dc:8e:95:ff:fe:b8"),
+    ("tibber", "eui", "0f:1e:2d:3c:4b:5a"),
     ("tibber", "client_id", "has space"),
     ("tibber", "client_id", "x" * 129),
     ("tibber", "mqtt_topic", "tibber-bridge/#"),
