@@ -201,7 +201,30 @@ def record_not_proven(config: pytest.Config, nodeid: str, reason: str) -> None:
     config.stash.setdefault(_NOT_PROVEN, []).append((nodeid, reason))
 
 
+# ---------------------------------------------------------------- budgets known not to be met
+_NOT_MET = pytest.StashKey[list[tuple[str, str]]]()
+
+
+@pytest.fixture
+def budget_not_met(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """budget_not_met(text): a figure of the brief's budget that this agent is known not to
+    meet yet (the issue that will meet it is named in the text). Recorded for the run
+    summary's BUDGET NOT MET block; the test goes on and still fails on anything else. Not
+    a pass in disguise: the block is printed at the end of every run until the figure is
+    met and the call removed."""
+
+    def record(text: str) -> None:
+        request.config.stash.setdefault(_NOT_MET, []).append((request.node.nodeid, text))
+
+    return record
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    not_met = config.stash.get(_NOT_MET, [])
+    if not_met:
+        terminalreporter.section("BUDGET NOT MET", sep="!", red=True, bold=True)
+        for nodeid, text in not_met:
+            terminalreporter.line(f"{nodeid}: {text}", red=True, bold=True)
     unproven = config.stash.get(_NOT_PROVEN, [])
     if not unproven:
         return
