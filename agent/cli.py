@@ -138,12 +138,14 @@ def _run(path: Path) -> int:
 
 # ---------------------------------------------------------------------- check
 def _check(path: Path) -> int:
+    from .credentials import check_tls
+
     problems: list[str] = []
     try:
         settings = load(path)
         assert settings.tibber is not None
         check_files(settings.tibber, settings.mirror)
-        problems += _check_tls(settings.tibber)
+        problems += check_tls(settings.tibber)
         port = settings.meter.port
         if "://" not in port and not os.path.exists(port):
             problems.append(f"[meter] port: {port} does not exist (is the IR head plugged in?)")
@@ -155,29 +157,6 @@ def _check(path: Path) -> int:
         return EX_CONFIG
     print(f"{path}: ok")
     return 0
-
-
-def _check_tls(t: TibberSettings) -> list[str]:
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        ctx.load_verify_locations(cafile=str(t.ca_cert))
-    except (ssl.SSLError, OSError) as e:
-        return [f"[tibber] ca_cert: {t.ca_cert} is not a usable CA certificate ({_reason(e)})"]
-    try:
-        ctx.load_cert_chain(certfile=str(t.certificate), keyfile=str(t.private_key))
-    except ssl.SSLError as e:
-        if "KEY_VALUES_MISMATCH" in str(e):
-            return [f"[tibber] private_key: {t.private_key} does not belong to {t.certificate}"]
-        return [f"[tibber] certificate: {t.certificate} or its key cannot be loaded ({_reason(e)})"]
-    except OSError as e:
-        return [f"[tibber] certificate: cannot read {e.filename}: {e.strerror}"]
-    return []
-
-
-def _reason(e: BaseException) -> str:
-    return getattr(e, "reason", None) or str(e).splitlines()[0]
 
 
 # ---------------------------------------------------------------------- monitor
