@@ -50,6 +50,7 @@ class TibberSettings:
     certificate: Path
     private_key: Path
     mqtt_port: int = 8883
+    alpn: str = "auto"  # see agent/tibber/connection.py alpn_protocols
     client_id: str = ""
     mqtt_topic: str = ""
     keepalive: int = 60
@@ -211,6 +212,15 @@ def _client_id(v: str) -> str:
     return v
 
 
+def _alpn(v: str) -> str:
+    """auto, none, or one ALPN protocol name (RFC 7301 allows 1-255 bytes)."""
+    if v in ("auto", "none") or re.fullmatch(r"[\x21-\x2b\x2d-\x7e]{1,255}", v):
+        return v
+    raise ValueError(
+        f"must be auto, none or one ALPN protocol name (printable, no spaces or commas), got {v!r}"
+    )
+
+
 def _text(v: str) -> str:
     return v
 
@@ -312,6 +322,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
     "tibber": {
         "mqtt_url": (_host, REQUIRED),
         "mqtt_port": (_int(1, 65535), 8883),
+        "alpn": (_alpn, "auto"),
         "ca_cert": (_text, "ca.pem"),
         "certificate": (_text, "certificate.pem"),
         "private_key": (_text, "private.key"),

@@ -27,6 +27,7 @@ VALID: dict[str, dict[str, str]] = {
     "tibber": {
         "mqtt_url": "a1zhmn1192zl1a.iot.eu-west-1.amazonaws.com",
         "mqtt_port": "8883",
+        "alpn": "auto",
         "ca_cert": "ca.pem",
         "certificate": "certificate.pem",
         "private_key": "private.key",
@@ -95,7 +96,7 @@ def test_a_complete_config_loads_with_typed_values(tmp_path: Path) -> None:
     t = s.tibber
     assert t is not None
     assert (t.uid, t.bridge_id, t.eui) == (UID, BRIDGE_ID, EUI)
-    assert t.mqtt_port == 8883 and t.keepalive == 60
+    assert t.mqtt_port == 8883 and t.keepalive == 60 and t.alpn == "auto"
     assert t.mqtt_client_id == BRIDGE_ID  # client id defaults to the bridge id
     assert t.obis_interval == 2.0
     assert (t.bridge_metric_interval, t.node_metric_interval) == (120.0, 300.0)
@@ -121,6 +122,12 @@ def test_fractional_intervals_and_zero_obis_interval(tmp_path: Path) -> None:
     assert s.tibber.bridge_metric_interval == 90.5
     assert s.tibber.node_metric_interval == 299.75
     assert load(write(tmp_path, {("tibber", "obis_interval"): "1.5"})).tibber.obis_interval == 1.5  # type: ignore[union-attr]
+
+
+def test_alpn_is_auto_none_or_one_protocol_name(tmp_path: Path) -> None:
+    for value in ("auto", "none", "x-amzn-mqtt-ca", "mqtt", "x" * 255):
+        t = load(write(tmp_path, {("tibber", "alpn"): value})).tibber
+        assert t is not None and t.alpn == value
 
 
 def test_empty_values_take_the_defaults(tmp_path: Path) -> None:
@@ -173,6 +180,9 @@ BROKEN: list[tuple[str, str, str]] = [
     ("tibber", "mqtt_port", "0"),
     ("tibber", "mqtt_port", "65536"),
     ("tibber", "mqtt_port", "8883x"),
+    ("tibber", "alpn", "x-amzn-mqtt-ca, mqtt"),  # one name, not a list
+    ("tibber", "alpn", "x amzn"),
+    ("tibber", "alpn", "x" * 256),  # RFC 7301: at most 255 bytes
     ("tibber", "uid", UID[:-1]),
     ("tibber", "uid", UID + "0"),
     ("tibber", "uid", "g" + UID[1:]),

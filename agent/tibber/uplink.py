@@ -1,25 +1,23 @@
-"""The Tibber link: TLS with the bridge's certificate, hello on every connect, obis_stream
-rate-limited and fresh-only, bridge and node metrics on their cadences."""
+"""The Tibber uplink: the connection to Tibber's broker (connection.py) plus what the bridge
+sends on it: hello on every connect, obis_stream rate-limited and fresh-only, bridge and node
+metrics on their cadences."""
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..config import TibberSettings
 from ..meter.telegram import Telegram
-from ..mqtt import SILENT_CLOSES_BEFORE_ALARM, ClosedBeforeConnack, MqttLink
 from ..schedule import RateLimit
-from ..state import LinkState, MeterState, Problem
+from ..state import MeterState
+from .connection import TibberConnection
 from .metrics import Counters, MetricSchedule
 from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Topics, obis_stream
 
 if TYPE_CHECKING:
-    import ssl
-
     import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
@@ -28,23 +26,8 @@ log = logging.getLogger(__name__)
 # at arrival. A held telegram is confirmed 1 s (or, across a lost second, 2 s) later.
 MAX_AGE = 2.5
 
-# The broker's TLS alerts about our certificate (the end of OpenSSL's reason, after
-# TLSV1_/SSLV3_/TLSV13_): under TLS 1.2 the handshake fails with one, under TLS 1.3 the first
-# read after the handshake gets it (measured with mosquitto: tests/test_mqtt_link.py).
-_CLIENT_CERT_ALERTS = {
-    "CERTIFICATE_EXPIRED": "the broker rejected the client certificate: it has expired",
-    "UNKNOWN_CA": "the broker does not trust the client certificate (unknown CA)",
-    "BAD_CERTIFICATE": "the broker rejected the client certificate",
-    "CERTIFICATE_REQUIRED": "the broker rejected the client certificate",
-    "CERTIFICATE_UNKNOWN": "the broker rejected the client certificate",
-    "CERTIFICATE_REVOKED": "the client certificate has been revoked",
-    "ACCESS_DENIED": "the broker denied access to this certificate",
-}
 
-
-class TibberUplink(MqttLink):
-    name = "tibber"
-
+class TibberUplink(TibberConnection):
     def __init__(
         self,
         settings: TibberSettings,
@@ -54,15 +37,7 @@ class TibberUplink(MqttLink):
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(
-            settings.mqtt_url,
-            settings.mqtt_port,
-            settings.mqtt_client_id,
-            settings.keepalive,
-            on_change=on_change,
-            clock=clock,
-        )
-        self.settings = settings
+        super().__init__(settings, on_change=on_change, clock=clock)
         self.topics = Topics.of(settings)
         self.payloads = PayloadBuilder(
             settings, settings.bridge_metrics_template, settings.node_metrics_template
@@ -99,18 +74,6 @@ class TibberUplink(MqttLink):
         self.on_sent()
 
     # ------------------------------------------------------------- network thread hooks
-    def tls_context(self) -> ssl.SSLContext:
-        import ssl
-
-        s = self.settings
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its name
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_verify_locations(cafile=str(s.ca_cert))
-        ctx.load_cert_chain(certfile=str(s.certificate), keyfile=str(s.private_key))
-        if s.mqtt_port == 443:
-            ctx.set_alpn_protocols(["x-amzn-mqtt-ca"])  # AWS IoT's MQTT on 443
-        return ctx
-
     def configure(self, client: mqtt.Client) -> None:
         client.on_message = self._on_message
 
@@ -123,64 +86,6 @@ class TibberUplink(MqttLink):
         for topic, payload in self.metrics.due(now, self._wall(), self._meter, self._counters()):
             self.publish(topic, payload, QOS_EVENT)
         return max(0.0, self.metrics.next_due - now)
-
-    def kicked_text(self) -> str:
-        return (
-            f"another device uses this bridge id ({self.client_id}): unplug the Tibber "
-            "bridge, or the two will keep throwing each other off"
-        )
-
-    def classify(self, error: BaseException | str) -> Problem:
-        import ssl
-
-        rejected, network = LinkState.REJECTED, LinkState.CONNECTING
-        where = f"{self.host}:{self.port}"
-        if isinstance(error, str):
-            if error.startswith("CONNACK "):
-                return Problem(rejected, f"the broker refused the connection: {error[8:]}")
-            return Problem(network, f"{where}: {error}")
-        if isinstance(error, ssl.SSLCertVerificationError):
-            why = error.verify_message or str(error)
-            if "expired" in why:
-                return Problem(
-                    rejected, "the broker's certificate has expired (or the clock is wrong)"
-                )
-            return Problem(
-                rejected,
-                f"ca_cert {self.settings.ca_cert} does not trust the broker's certificate ({why})",
-            )
-        if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
-            # The connection ended inside the handshake, without an alert: the path, not a
-            # verdict on our certificate.
-            return Problem(network, f"{where} closed the connection during the TLS handshake")
-        if isinstance(error, ssl.SSLError):
-            reason = error.reason or str(error)
-            if reason == "KEY_VALUES_MISMATCH":
-                return Problem(rejected, "private_key does not belong to certificate")
-            for alert, message in _CLIENT_CERT_ALERTS.items():
-                if reason.endswith(f"ALERT_{alert}"):
-                    return Problem(rejected, message)
-            return Problem(rejected, f"TLS failed: {reason}")
-        if isinstance(error, socket.gaierror):
-            return Problem(network, f"cannot resolve {self.host} (DNS)")
-        if isinstance(error, ConnectionRefusedError):
-            return Problem(network, f"{where} refused the connection")
-        if isinstance(error, TimeoutError):
-            return Problem(network, f"{where} timed out")
-        if isinstance(error, FileNotFoundError | PermissionError):
-            return Problem(rejected, f"cannot read {error.filename}: {error.strerror}")
-        if isinstance(error, ClosedBeforeConnack):
-            return Problem(network, f"{where} closed the connection before accepting it")
-        if isinstance(error, ConnectionError):
-            return Problem(network, f"{where} reset the connection")
-        return Problem(network, f"{where}: {error}")
-
-    def refused_text(self) -> str:
-        return (
-            "the broker closes the connection right after the TLS handshake, every time "
-            f"({SILENT_CLOSES_BEFORE_ALARM} in a row): it probably does not accept this "
-            f"certificate or the client id {self.client_id}"
-        )
 
     # ------------------------------------------------------------- internals
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:

@@ -615,6 +615,7 @@ INVALID_KEYS: list[Broken] = [
     _key("meter", "stale_after", "0"),
     _key("tibber", "mqtt_url", "mqtts://example.com:8883"),
     _key("tibber", "mqtt_port", "70000"),
+    _key("tibber", "alpn", "x-amzn-mqtt-ca, mqtt"),
     _key("tibber", "ca_cert", "no-such-ca.pem"),
     _key("tibber", "certificate", "no-such-certificate.pem"),
     _key("tibber", "private_key", "no-such.key"),
