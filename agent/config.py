@@ -86,6 +86,8 @@ class MirrorSettings:
     username: str = ""
     password: str = ""
     ca_cert: Path | None = None
+    home_assistant: bool = False
+    discovery_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ def _host(v: str) -> str:
 # adds to [tibber] mqtt_topic: the rule prefix in front, "/TFD01/<eui>/obis_stream" behind.
 _MQTT_STRING_MAX = 65535
 _TOPIC_ADDED_MAX = len(RULE_PREFIX) + 64
+# Home Assistant's discovery topics: "<prefix>/sensor/tibber_agent_<meter id, <= 40>_<key>/config".
+_DISCOVERY_ADDED_MAX = 128
 
 
 def _topic_of(max_bytes: int) -> Callable[[str], str]:
@@ -346,6 +350,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "username": (_mqtt_string, ""),
         "password": (_mqtt_string, ""),
         "ca_cert": (_text, ""),
+        "home_assistant": (_bool, False),
+        "discovery_prefix": (_topic_of(_MQTT_STRING_MAX - _DISCOVERY_ADDED_MAX), "homeassistant"),
     },
     "led": {
         "enabled": (_bool, True),
@@ -402,6 +408,10 @@ def load(path: Path, *, need_tibber: bool = True) -> Settings:
     m["ca_cert"] = _resolve(base, m["ca_cert"]) if m["ca_cert"] else None
     if m["password"] and not m["username"]:
         raise ConfigError("mirror", "password", "is set but username is empty")
+    if m["home_assistant"] and not m["enabled"]:
+        raise ConfigError(
+            "mirror", "home_assistant", "needs enabled = true (it publishes to the mirror's broker)"
+        )
     mirror = MirrorSettings(**m)
     led = LedSettings(**values["led"])
     return Settings(path=path, meter=meter, tibber=tibber, mirror=mirror, led=led)

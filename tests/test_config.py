@@ -51,6 +51,8 @@ VALID: dict[str, dict[str, str]] = {
         "username": "",
         "password": "",
         "ca_cert": "",
+        "home_assistant": "false",
+        "discovery_prefix": "homeassistant",
     },
     "led": {"enabled": "true", "gpio": "17", "active_high": "true"},
 }
@@ -101,6 +103,7 @@ def test_a_complete_config_loads_with_typed_values(tmp_path: Path) -> None:
     assert t.obis_interval == 2.0
     assert (t.bridge_metric_interval, t.node_metric_interval) == (120.0, 300.0)
     assert s.mirror.enabled is False and s.mirror.topic == "/ebz/raw"
+    assert s.mirror.home_assistant is False and s.mirror.discovery_prefix == "homeassistant"
     assert s.led.enabled is True and s.led.gpio == 17 and s.led.active_high is True
 
 
@@ -140,6 +143,18 @@ def test_empty_values_take_the_defaults(tmp_path: Path) -> None:
     assert s.tibber.ca_cert == tmp_path / "ca.pem"
     assert s.mirror.host == "localhost" and s.mirror.port == 1883 and s.mirror.ca_cert is None
     assert s.led.gpio == 17
+
+
+def test_home_assistant_on_the_mirror(tmp_path: Path) -> None:
+    changes = {("mirror", "enabled"): "true", ("mirror", "home_assistant"): "true"}
+    s = load(write(tmp_path, changes))
+    assert s.mirror.home_assistant is True and s.mirror.discovery_prefix == "homeassistant"
+    changes[("mirror", "discovery_prefix")] = "ha/discovery"
+    assert load(write(tmp_path, changes)).mirror.discovery_prefix == "ha/discovery"
+    message = load_error(write(tmp_path, {("mirror", "home_assistant"): "true"}))
+    assert message == (
+        "[mirror] home_assistant: needs enabled = true (it publishes to the mirror's broker)"
+    )
 
 
 def test_the_mirror_and_led_sections_may_be_left_out(tmp_path: Path) -> None:
@@ -225,6 +240,12 @@ BROKEN: list[tuple[str, str, str]] = [
     ("mirror", "topic", "/ebz/raw/"),
     ("mirror", "topic", "/" + "é" * 32768),  # 65537 bytes of UTF-8
     ("mirror", "password", "secret"),  # without a username
+    ("mirror", "home_assistant", "yes please"),
+    ("mirror", "home_assistant", "true"),  # without enabled = true: it would do nothing
+    ("mirror", "discovery_prefix", "homeassistant/"),
+    ("mirror", "discovery_prefix", "home assistant"),
+    ("mirror", "discovery_prefix", "ha/#"),
+    ("mirror", "discovery_prefix", "h" * 65500),  # fits alone, not with the sensor's topic
     ("led", "enabled", "2"),
     ("led", "gpio", "28"),
     ("led", "gpio", "-1"),
