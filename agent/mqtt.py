@@ -221,7 +221,7 @@ class MqttLink:
         )
 
     # ------------------------------------------------------------- publishing (any thread)
-    def publish(self, topic: str, payload: bytes, qos: int) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int, *, retain: bool = False) -> bool:
         """Publish now or drop: never queued for a later connection, never behind a stalled
         one (it would only deliver stale data later, and grow memory). True if queued."""
         now = self._clock()
@@ -229,7 +229,7 @@ class MqttLink:
         if client is None or not self._connected or self._stalled(now):
             return False
         try:
-            info = client.publish(topic, payload, qos=qos, retain=False)
+            info = client.publish(topic, payload, qos=qos, retain=retain)
         except OSError:
             # paho wakes the network thread through a socket pair; should that fail,
             # the message is dropped like any other: a network error is not the
