@@ -54,7 +54,13 @@ class Agent:
             settings.tibber, self.meter, host_info=HostInfoReader(), on_change=self._changed
         )
         self.mirror = (
-            Mirror(settings.mirror, f"tibber-agent-{settings.tibber.bridge_id}", self._changed)
+            Mirror(
+                settings.mirror,
+                f"tibber-agent-{settings.tibber.bridge_id}",
+                self._changed,
+                node=settings.tibber.bridge_id,
+                interval=settings.tibber.obis_interval,
+            )
             if settings.mirror.enabled
             else None
         )
