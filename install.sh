@@ -408,9 +408,11 @@ enable_unit() {
 
 # Ask the agent itself (as the service user, so file permissions count too). A missing IR
 # head is no reason to hold the service back: it waits for the port and says so in STATUS.
+# --offline: no connection to Tibber from here (it would throw a bridge or a running agent
+# off the broker, and needs a network the install may not have); the service reports it.
 agent_check() {
     local out rc=0 problems
-    out=$(runuser -u "$SVC_USER" -- "$VENV/bin/$NAME" -c "$CONFIG" check 2>&1) || rc=$?
+    out=$(runuser -u "$SVC_USER" -- "$VENV/bin/$NAME" -c "$CONFIG" check --offline 2>&1) || rc=$?
     case $rc in
         0) return 0 ;;
         "$EX_CONFIG")

@@ -1,9 +1,10 @@
-"""tibber-agent [-c CONFIG] run | check | monitor | demo"""
+"""tibber-agent [-c CONFIG] run | check [--offline] [--timeout S] | monitor | demo"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import random
 import signal
@@ -34,6 +35,7 @@ from .schedule import RateLimit
 from .state import MeterState
 from .tibber.metrics import Counters, MetricSchedule
 from .tibber.payloads import PayloadBuilder, Topics, obis_stream
+from .tibber.probe import DEFAULT_TIMEOUT
 
 log = logging.getLogger("agent")
 
@@ -53,7 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"tibber-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the agent (the systemd service)")
-    sub.add_parser("check", help="validate the config, certificate, key and port; exit 0 or 78")
+    chk = sub.add_parser(
+        "check",
+        help="validate the config, certificate, key and port, then connect to Tibber once "
+        "(publishing nothing); exit 0, 69 (unreachable), 77 (rejected) or 78 (config)",
+    )
+    chk.add_argument(
+        "--offline", action="store_true", help="do not connect: the config and files only"
+    )
+    chk.add_argument(
+        "--timeout",
+        type=_seconds_argument,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="for the whole connection attempt: DNS, TCP, TLS, CONNACK "
+        f"(default {DEFAULT_TIMEOUT:g})",
+    )
     mon = sub.add_parser("monitor", help="print each telegram's values and verdict; sends nothing")
     mon.add_argument(
         "--port", type=_port_argument, help="the IR head (default: [meter] port of the config)"
@@ -70,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
 
-    # The demo prints what would be sent; the agent's own state lines would only interleave.
-    logs.setup(logging.WARNING if args.command == "demo" else logging.INFO)
+    # The demo prints what would be sent, and check one line per finding (its connection
+    # test reports the outcome itself): the links' own state lines would only interleave.
+    quiet = {"demo": logging.WARNING, "check": logging.CRITICAL}
+    logs.setup(quiet.get(args.command, logging.INFO))
     try:
         if args.command == "run":
             return _run(args.config)
         if args.command == "check":
-            return _check(args.config)
+            return _check(args.config, args.offline, args.timeout)
         if args.command == "monitor":
             return _monitor(args.config, args.port, Output(sys.stdout))
         return _demo(args.telegrams, args.interval, args.corrupt, args.seed, Output(sys.stdout))
@@ -85,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     except KeyboardInterrupt:
         return 0
+
+
+def _seconds_argument(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"must be seconds between 0 and 3600, got {value!r}")
+    return seconds
 
 
 def _port_argument(value: str) -> str:
@@ -137,15 +166,20 @@ def _run(path: Path) -> int:
 
 
 # ---------------------------------------------------------------------- check
-def _check(path: Path) -> int:
+def _check(path: Path, offline: bool, timeout: float) -> int:
+    """The config and the files, then (unless offline) one connection to Tibber's broker.
+    A missing IR head does not stop the connection test: its verdict is worth having first."""
     from .credentials import check_tls
 
     problems: list[str] = []
+    tibber: TibberSettings | None = None
     try:
         settings = load(path)
         assert settings.tibber is not None
         check_files(settings.tibber, settings.mirror)
         problems += check_tls(settings.tibber)
+        if not problems:
+            tibber = settings.tibber
         port = settings.meter.port
         if "://" not in port and not os.path.exists(port):
             problems.append(f"[meter] port: {port} does not exist (is the IR head plugged in?)")
@@ -153,10 +187,37 @@ def _check(path: Path) -> int:
         problems.append(str(e))
     for p in problems:
         print(f"tibber-agent: {path}: {p}", file=sys.stderr)
-    if problems:
-        return EX_CONFIG
-    print(f"{path}: ok")
-    return 0
+    if not problems:
+        print(
+            f"{path}: ok" + (" (the connection to Tibber not tried: --offline)" if offline else "")
+        )
+    if offline or tibber is None:
+        return EX_CONFIG if problems else 0
+    result = _check_connection(tibber, timeout)
+    return EX_CONFIG if problems else result
+
+
+def _check_connection(t: TibberSettings, timeout: float) -> int:
+    from .tibber.probe import probe, running_agents
+
+    print(
+        f"connecting to {t.mqtt_url}:{t.mqtt_port} as {t.mqtt_client_id} (--offline skips "
+        "this): whoever uses this id, the Tibber bridge or a running agent, is thrown off "
+        "the broker for a moment",
+        flush=True,
+    )
+    for other in running_agents():
+        print(
+            f"tibber-agent: warning: an agent is running here ({other}): if it uses this id, "
+            "it is thrown off the broker for a moment and reconnects by itself",
+            file=sys.stderr,
+        )
+    result = probe(t, timeout)
+    if result.status == 0:
+        print(result.line)
+    else:
+        print(f"tibber-agent: {result.line}", file=sys.stderr)
+    return result.status
 
 
 # ---------------------------------------------------------------------- monitor

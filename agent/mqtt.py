@@ -120,6 +120,8 @@ class MqttLink:
     """Owns a thread that runs paho's network loop and reconnects with backoff."""
 
     name = "mqtt"
+    # paho's bound on the TCP connect and, separately, on the TLS handshake of an attempt.
+    connect_timeout = 10.0
 
     def __init__(
         self,
@@ -187,6 +189,11 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def awaiting_connack(self) -> bool:
+        """Connected (TCP, and TLS if any), CONNECT sent, no CONNACK yet."""
+        return self._client is not None and not self._connected
 
     # ------------------------------------------------------------- hooks for subclasses
     def tls_context(self) -> ssl.SSLContext | None:
@@ -299,7 +306,7 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
-        client.connect_timeout = 10.0
+        client.connect_timeout = self.connect_timeout
         ctx = self.tls_context()
         if ctx is not None:
             ctx.sslsocket_class = _witnessing_tls_socket()

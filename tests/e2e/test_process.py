@@ -45,9 +45,12 @@ def test_missing_config_exits_78(tmp_path):
 
 
 def test_check_accepts_a_good_config(agent_config, pty_meter):
-    r = cli("-c", str(agent_config.write()), "check")
+    path = agent_config.write()
+    r = cli("-c", str(path), "check")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().endswith(": ok")
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"{path}: ok", lines
+    assert lines[-1].startswith("Tibber connected: "), lines  # tests/test_check_online.py
 
 
 @pytest.mark.parametrize("damage", ["key_mismatch", "key_world_readable", "port_missing"])
