@@ -1,4 +1,5 @@
-"""tibber-agent [-c CONFIG] run | check [--offline] [--timeout S] | monitor | demo"""
+"""tibber-agent [-c CONFIG] run | check [--offline] [--timeout S] | monitor | demo
+| import-bridge"""
 
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         help="fraction of telegrams damaged in transit (default 0.05)",
     )
     demo.add_argument("--seed", type=int, default=None)
+    _add_import_bridge(sub)
     args = parser.parse_args(argv)
 
     # The demo prints what would be sent, and check one line per finding (its connection
@@ -98,12 +100,64 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.config, args.offline, args.timeout)
         if args.command == "monitor":
             return _monitor(args.config, args.port, Output(sys.stdout))
+        if args.command == "import-bridge":
+            from .bridge import command
+
+            return command.run(command.Options.of(args), args.config)
         return _demo(args.telegrams, args.interval, args.corrupt, args.seed, Output(sys.stdout))
     except ConfigError as e:
         print(f"tibber-agent: {args.config}: {e}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return 0
+
+
+def _add_import_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = sub.add_parser(
+        "import-bridge",
+        help="read the bridge's certificate, key and ids from its web interface; shows them, "
+        "writes the PEM files and [tibber] only with --write",
+        description="Reads the MQTT params, the node's eui and the node metrics from the Tibber "
+        "bridge's local web interface (or from saved files), checks them as the agent would, "
+        "shows what it found, and with --write puts the PEM files, the templates and the "
+        "[tibber] section next to the config (-c). Exit 0; 65 unusable values; 66 unreadable "
+        "file; 69 bridge unreachable; 73 cannot write; 77 password refused; 78 config unreadable.",
+    )
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--host", help="the bridge's address (10.133.70.1 on its own Wi-Fi)")
+    source.add_argument(
+        "--from-file", type=Path, metavar="PARAMS_JSON", help="a params.json saved from a browser"
+    )
+    imp.add_argument("--password", default="", help="the QR code on the bridge (XXXX-XXXX)")
+    imp.add_argument("--nodes-file", type=Path, metavar="JSON", help="a saved /nodes.json")
+    imp.add_argument(
+        "--metrics-file", type=Path, metavar="JSON", help="a saved /metrics.json?node_id=1"
+    )
+    imp.add_argument("--status-file", type=Path, metavar="JSON", help="a saved /status.json")
+    imp.add_argument(
+        "--bridge-metrics-file",
+        type=Path,
+        metavar="JSON",
+        help="a captured TJH01 metric or hello: the bridge template, and the bridge id",
+    )
+    imp.add_argument("--bridge-id", default="", help="CONSOLE -> version -> Device Id")
+    imp.add_argument("--eui", default="", help="the Pulse IR's eui (NODES tab)")
+    imp.add_argument(
+        "--private-key", type=Path, metavar="FILE", help="the key, saved by hand if it is hidden"
+    )
+    imp.add_argument(
+        "--group",
+        default="tibber-agent",
+        help="group that may read the key and config (default tibber-agent, if it exists)",
+    )
+    imp.add_argument(
+        "--timeout",
+        type=_seconds_argument,
+        default=10.0,
+        metavar="SECONDS",
+        help="for each request to the bridge (default 10)",
+    )
+    imp.add_argument("--write", action="store_true", help="write the files (default: only show)")
 
 
 def _seconds_argument(value: str) -> float:
