@@ -63,12 +63,14 @@ class _Failed(Exception):
         self.code, self.lines = code, lines
 
 
-def run(options: Options, config: Path, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(
+    options: Options, config: Path, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     try:
-        return _run(options, config, out)
+        return _run(options, config, out or sys.stdout)
     except _Failed as e:
         for line in e.lines:
-            print(PREFIX + line, file=err)
+            print(PREFIX + line, file=err or sys.stderr)
         return e.code
 
 

@@ -223,20 +223,27 @@ def write(p: Plan, report: list[str]) -> None:
         report.append(f"created {p.config.parent}/ (0750)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for step in p.steps:
-        path = step.target.path
-        if step.state == "unchanged":
-            continue
-        if step.state == "mode":
-            os.chown(path, step.uid, step.gid)
-            os.chmod(path, step.mode)
-            report.append(f"{path}: mode {step.mode:04o}" + _group_text(step.gid))
-            continue
-        if step.state == "replaced":
-            backup = _backup(path, stamp)
-            report.append(f"{path}: old version kept as {backup.name}")
-        _replace(path, step.target.content, step)
-        report.append(f"{path}: written ({step.mode:04o}{_group_text(step.gid)})")
+        try:
+            _carry_out(step, stamp, report)
+        except OSError as e:  # named by the file it was for, not a scratch name beside it
+            raise OSError(e.errno, e.strerror, str(step.target.path)) from None
     _fsync_dir(p.config.parent)
+
+
+def _carry_out(step: Step, stamp: str, report: list[str]) -> None:
+    path = step.target.path
+    if step.state == "unchanged":
+        return
+    if step.state == "mode":
+        os.chown(path, step.uid, step.gid)
+        os.chmod(path, step.mode)
+        report.append(f"{path}: mode {step.mode:04o}" + _group_text(step.gid))
+        return
+    if step.state == "replaced":
+        backup = _backup(path, stamp)
+        report.append(f"{path}: old version kept as {backup.name}")
+    _replace(path, step.target.content, step)
+    report.append(f"{path}: written ({step.mode:04o}{_group_text(step.gid)})")
 
 
 def _group_text(gid: int) -> str:
