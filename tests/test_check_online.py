@@ -136,6 +136,22 @@ def test_check_offline_makes_no_connection(config: AgentConfig, tls_broker: TlsB
     assert_no_connection(tls_broker, mark)
 
 
+def test_a_missing_ir_head_does_not_stop_the_connection_test_but_exits_78(
+    config: AgentConfig, tls_broker: TlsBroker, tmp_path: Path
+) -> None:
+    """The credentials' verdict is worth having before the head is plugged in; the exit
+    status still says the config is not ready (78)."""
+    config.meter_port = str(tmp_path / "not-plugged")
+    path = config.write()
+    r = run_check(path)
+    assert r.code == 78, r
+    assert r.err == [
+        f"tibber-agent: {path}: [meter] port: {tmp_path / 'not-plugged'} does not exist "
+        "(is the IR head plugged in?)"
+    ], r
+    assert r.out[-1].startswith(f"Tibber connected: localhost:{tls_broker.port} "), r.out
+
+
 def test_check_throws_a_running_agent_off_for_a_moment_and_says_so(
     config: AgentConfig, tls_broker: TlsBroker, start_agent: MakeAgent
 ) -> None:
