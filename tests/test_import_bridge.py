@@ -334,6 +334,17 @@ def test_a_hidden_key_is_named_with_how_to_get_it_and_nothing_is_written(
     assert digest(setup.etc) == before
 
 
+def test_a_key_listed_without_a_value_is_named(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes = fb.routes(setup.creds)
+    next(p for p in routes["/params.json"] if p["name"] == "private_key")["value"] = [None]
+    with fb.FakeBridge(routes) as bridge:
+        r = setup.from_bridge(capsys, bridge, "--write")
+    assert r.code == 65
+    assert "private_key: /params.json private_key is listed without a usable value" in r.err
+
+
 def test_a_key_saved_by_hand_completes_the_import(
     setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -215,6 +215,8 @@ def _pems(h: Harvest, params: dict[str, str | None], src: str, o: Overrides) -> 
         else:
             origin, value = f"{src} {name}", params.get(name)
         try:
+            if value is None and name in params:
+                raise pem.PemError("is listed without a usable value (hidden)")
             if value is None:
                 raise pem.PemError(pem.describe_hidden(None) or "")
             block = pem.parse(value, labels)
