@@ -623,3 +623,17 @@ def test_the_imported_files_pass_check_and_the_agent_connects_with_them(
         hello = observer.wait_for(f"{DEFAULT_BASE}/TJH01/{BRIDGE_ID}/event", timeout=15)
         assert b'"HUB_EVENT_MQTT_SUBSCRIBE_EVENT"' in hello.payload, agent.log_text()
     assert f"as {BRIDGE_ID} " in tls_broker.log_text()
+
+
+def test_as_a_process_a_refused_password_is_one_line_and_exit_77(setup: Setup) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("JOURNAL_STREAM", None)
+    with fb.FakeBridge(fb.routes(setup.creds)) as bridge:
+        p = subprocess.run(
+            [sys.executable, "-m", "agent", "-c", str(setup.config), "import-bridge",
+             "--host", bridge.host, "--password", "WRONG-PASS", "--write"],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+    assert (p.returncode, p.stdout) == (77, "")
+    assert p.stderr.startswith("tibber-agent: import-bridge: the bridge at 127.0.0.1:")
+    assert p.stderr.count("\n") == 1
