@@ -173,6 +173,8 @@ def test_dry_run_shows_what_it_found_and_changes_nothing(
     assert "Would write (nothing is changed without --write)" in r.out
     assert "Run again with --write" in r.out
     assert "Unplug the Tibber bridge for good" in r.out
+    # The bridge id comes from mqtt_client_id, and the output says that this is an inference.
+    assert "bridge_id is taken from mqtt_client_id: the two are equal by inference" in r.out
     # Only reads: nothing on the bridge is changed either.
     assert {q.method for q in bridge.requests} == {"GET"}
     assert all(q.authorized for q in bridge.requests)

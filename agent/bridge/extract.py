@@ -326,10 +326,11 @@ def _ids(
     elif captured:
         bridge_id, origin = captured
     elif _BRIDGE_ID.fullmatch(client_id):
-        bridge_id = client_id
-        origin = (
-            f"{src} mqtt_client_id (taken as the bridge id: inferred; the console's "
-            '`version` shows the bridge id as "Device Id" to compare)'
+        bridge_id, origin = client_id, f"{src} mqtt_client_id"
+        h.notes.append(
+            "bridge_id is taken from mqtt_client_id: the two are equal by inference "
+            "(tibber-bridge.md §2); to be sure, compare it with CONSOLE -> `version` -> "
+            '"Device Id" and pass --bridge-id ID if they differ'
         )
     else:
         why = "has no mqtt_client_id" if not client_id else "has no bridge id"
@@ -443,6 +444,8 @@ def _template_problem(doc: Document, check: Any) -> str | None:
     try:
         check(data)
     except templates.TemplateError as e:
+        if "none of the fields" in str(e):  # the check's list of them is long and no help here
+            return "has none of the fields the agent takes from such a document"
         return str(e)
     return None
 
