@@ -637,6 +637,8 @@ INVALID_KEYS: list[Broken] = [
     _key("mirror", "username", HUGE, mirror={"enabled": "true"}),
     _key("mirror", "password", "secret", mirror={"enabled": "true"}),
     _key("mirror", "ca_cert", "no-such-mirror-ca.pem", mirror={"enabled": "true"}),
+    _key("mirror", "home_assistant", "sometimes", mirror={"enabled": "true"}),
+    _key("mirror", "discovery_prefix", "homeassistant/#", mirror={"enabled": "true"}),
     _key("led", "enabled", "sometimes"),
     _key("led", "gpio", "40"),
     _key("led", "active_high", "2"),
