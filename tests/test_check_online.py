@@ -30,6 +30,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from agent.tibber.probe import running_agents
 from tests.conftest import MakeAgent, NotProven
 from tests.harness.agent import BRIDGE_ID, AgentConfig
 from tests.harness.broker import TlsBroker, free_port
@@ -177,6 +178,31 @@ def test_check_throws_a_running_agent_off_for_a_moment_and_says_so(
         assert time.monotonic() < deadline, tls_broker.log_text()[mark:]
         time.sleep(0.05)
     assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_running_agents_are_found_by_their_command_line(tmp_path: Path) -> None:
+    """The forms an agent runs in (the unit's console script, `python -m agent`), and what
+    is not one: `check` itself, other commands, other programs, this process."""
+    cmdlines = {
+        "101": ["/opt/tibber-agent/bin/python3", "/opt/tibber-agent/bin/tibber-agent", "-c",
+                "/etc/tibber-agent/config.ini", "run"],
+        "102": ["/usr/bin/python3", "-m", "agent", "-c", "/tmp/x/config.ini", "run"],
+        "103": ["/opt/tibber-agent/bin/python3", "/opt/tibber-agent/bin/tibber-agent", "check"],
+        "104": ["/usr/bin/python3", "-m", "agent", "monitor"],
+        "105": ["/usr/bin/vim", "run"],
+        "106": ["/usr/bin/python3", "-m", "agent", "run"],  # this process, say
+    }  # fmt: skip
+    for pid, argv in cmdlines.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (tmp_path / "107").mkdir()  # a process that ended while /proc was read: no cmdline
+    (tmp_path / "self").mkdir()
+    found = sorted(running_agents(own_pid=106, proc=tmp_path))
+    assert found == [
+        "pid 101 (/opt/tibber-agent/bin/python3 /opt/tibber-agent/bin/tibber-agent -c "
+        "/etc/tibber-agent/config.ini run)",
+        "pid 102 (/usr/bin/python3 -m agent -c /tmp/x/config.ini run)",
+    ]
 
 
 # ------------------------------------------------------------------------------ each failure
