@@ -239,3 +239,20 @@ def test_after_a_broker_restart_everything_is_announced_again(
     docs = [json.loads(m.payload) for m in retained if m.topic.endswith("/config")]
     assert {d["state_topic"] for d in docs} == {STATE}
     assert home_assistant.wait_for(STATE, timeout=5).retain is False
+
+
+def test_a_frozen_local_broker_never_slows_tibber(
+    agent_config, start_agent, observer, mirror_observer, plain_broker, pushing_meter
+):
+    """The local broker stops answering (SIGSTOP: the connection stays open, nothing is read
+    or acknowledged): states and discovery documents pile up unacknowledged, the mirror drops
+    what follows, and Tibber still gets every telegram at the meter's pace."""
+    with_home_assistant(agent_config, plain_broker)
+    start_agent()
+    mirror_observer.wait_for(STATE, timeout=10)
+    observer.wait_for(TOPIC_OBIS, timeout=5)
+    plain_broker.freeze()
+    t0 = time.monotonic()
+    got = observer.wait_count(8, TOPIC_OBIS, timeout=12, after=t0)
+    gaps = [b.t - a.t for a, b in itertools.pairwise(got)]
+    assert max(gaps) < 1.5, gaps
