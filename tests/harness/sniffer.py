@@ -9,6 +9,7 @@ carry data. Needs root (CAP_NET_RAW); loopback only.
 
 from __future__ import annotations
 
+import ctypes
 import select
 import socket
 import struct
@@ -25,6 +26,30 @@ SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("qq")
 
 
+SO_ATTACH_FILTER = 26
+
+
+def _attach_filter(sock: socket.socket, dst_port: int) -> None:
+    """A classic BPF program (what `tcpdump -dd 'ip and tcp dst port N'` compiles to):
+    IPv4, TCP, not a later fragment, destination port N."""
+    program = (
+        (0x28, 0, 0, 12),  # ldh [12]: ethertype
+        (0x15, 0, 8, 0x0800),  # IPv4, else drop
+        (0x30, 0, 0, 23),  # ldb [23]: protocol
+        (0x15, 0, 6, socket.IPPROTO_TCP),
+        (0x28, 0, 0, 20),  # ldh [20]: flags and fragment offset
+        (0x45, 4, 0, 0x1FFF),  # a later fragment: drop
+        (0xB1, 0, 0, 14),  # x = IP header length
+        (0x48, 0, 0, 16),  # ldh [x + 16]: TCP destination port
+        (0x15, 0, 1, dst_port),
+        (0x06, 0, 0, 0x40000),  # accept
+        (0x06, 0, 0, 0),  # drop
+    )
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+
+
 @dataclass(frozen=True)
 class Segment:
     t: float  # kernel timestamp, time.time() scale
@@ -39,6 +64,10 @@ class TcpSniffer:
     def __init__(self, dst_port: int, src_port: int = 0) -> None:
         self.dst_port, self.src_port = dst_port, src_port
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # Only this broker's TCP traffic reaches the socket (other tests' loopback traffic
+        # would otherwise fill its buffer while this thread parses, and segments be lost).
+        _attach_filter(self._sock, dst_port)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         self._sock.bind(("lo", 0))
         self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._lock = threading.Lock()
