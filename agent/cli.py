@@ -128,7 +128,12 @@ def _add_import_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     source.add_argument(
         "--from-file", type=Path, metavar="PARAMS_JSON", help="a params.json saved from a browser"
     )
-    imp.add_argument("--password", default="", help="the QR code on the bridge (XXXX-XXXX)")
+    imp.add_argument(
+        "--password",
+        default="",
+        help="the QR code on the bridge (XXXX-XXXX); left out: $TIBBER_BRIDGE_PASSWORD, or asked "
+        "for on a terminal (keeps it out of the process list)",
+    )
     imp.add_argument("--nodes-file", type=Path, metavar="JSON", help="a saved /nodes.json")
     imp.add_argument(
         "--metrics-file", type=Path, metavar="JSON", help="a saved /metrics.json?node_id=1"

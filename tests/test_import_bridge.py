@@ -639,3 +639,28 @@ def test_as_a_process_a_refused_password_is_one_line_and_exit_77(setup: Setup) -
     assert (p.returncode, p.stdout) == (77, "")
     assert p.stderr.startswith("tibber-agent: import-bridge: the bridge at 127.0.0.1:")
     assert p.stderr.count("\n") == 1
+
+
+def test_the_password_can_stay_out_of_the_process_list(setup: Setup) -> None:
+    """Left out, --password is taken from $TIBBER_BRIDGE_PASSWORD (a prompt on a terminal);
+    with neither, one line names all three ways (exit 64). The process list never shows it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("JOURNAL_STREAM", None)
+    argv = [sys.executable, "-m", "agent", "-c", str(setup.config), "import-bridge", "--host"]
+    with fb.FakeBridge(fb.routes(setup.creds)) as bridge:
+        given = subprocess.run(
+            [*argv, bridge.host],
+            capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+            env={**env, "TIBBER_BRIDGE_PASSWORD": fb.PASSWORD},
+        )  # fmt: skip
+        missing = subprocess.run(
+            [*argv, bridge.host],
+            capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+            env={k: v for k, v in env.items() if k != "TIBBER_BRIDGE_PASSWORD"},
+        )  # fmt: skip
+    assert given.returncode == 0, given.stdout + given.stderr
+    assert fb.PASSWORD not in given.stdout + given.stderr
+    assert missing.returncode == 64, missing.stdout + missing.stderr
+    assert missing.stderr.count("\n") == 1
+    for way in ("--password", "$TIBBER_BRIDGE_PASSWORD", "asked"):
+        assert way in missing.stderr, missing.stderr

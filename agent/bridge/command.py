@@ -149,10 +149,14 @@ def _documents(o: Options) -> tuple[extract.Documents, str, list[str]]:
         host = parse_host(o.host)
     except ValueError as e:
         raise _Failed(os.EX_USAGE, [f"--host {e}"]) from None
-    if not o.password:
-        need = "--password is required with --host: the QR code on the bridge"
+    password = o.password or _password_elsewhere()
+    if not password:
+        need = (
+            "the bridge's password (the QR code on it) is needed with --host: "
+            f"--password, ${PASSWORD_ENV}, or run it in a terminal to be asked"
+        )
         raise _Failed(os.EX_USAGE, [need])
-    client = BridgeClient(host, o.password, o.timeout)
+    client = BridgeClient(host, password, o.timeout)
     notes: list[str] = []
 
     def fetch(path: str, required: bool = False) -> extract.Document | None:
@@ -186,6 +190,24 @@ def _documents(o: Options) -> tuple[extract.Documents, str, list[str]]:
     status = given["status"] or fetch("/status.json?timeout=0")
     docs = extract.Documents(params, nodes, metrics, status, given["bridge_metrics"])
     return docs, f"the bridge at {host}", notes
+
+
+# A password on the command line shows in the process list while the command runs; the
+# environment and a prompt keep it out.
+PASSWORD_ENV = "TIBBER_BRIDGE_PASSWORD"
+
+
+def _password_elsewhere() -> str:
+    """The password from $TIBBER_BRIDGE_PASSWORD, else asked for on a terminal, else ""."""
+    given = os.environ.get(PASSWORD_ENV, "")
+    if given or not sys.stdin.isatty():
+        return given
+    import getpass
+
+    try:
+        return getpass.getpass("the bridge's password (the QR code on it): ")
+    except EOFError:
+        return ""
 
 
 def _file(path: Path | None) -> extract.Document | None:
