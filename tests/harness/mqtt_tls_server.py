@@ -14,23 +14,20 @@ does then is not documented (inferred), only that it requires the name on port 4
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
-from .broker import HOST
 from .certs import Pki
+from .tcpserver import IO_TIMEOUT, LoopbackServer
 
 __all__ = ["AWS_MQTT_ALPN", "ClientHello", "MqttTlsServer", "Session", "parse_client_hello"]
 
 AWS_MQTT_ALPN = "x-amzn-mqtt-ca"
-IO_TIMEOUT = 5.0
 CONNECT, CONNACK, DISCONNECT = 1, 2, 14  # MQTT control packet types
 
 
@@ -102,7 +99,9 @@ def _hello_extensions(h: bytes) -> ClientHello:
     return ClientHello(server_name, alpn)
 
 
-class MqttTlsServer:
+class MqttTlsServer(LoopbackServer):
+    name = "tls-mqtt"
+
     def __init__(
         self,
         pki: Pki,
@@ -123,38 +122,9 @@ class MqttTlsServer:
         self._ctx = ctx
         self.require_alpn = require_alpn
         self.answer = answer
-        self._listener = listener or socket.create_server((HOST, 0))
-        self.port = int(self._listener.getsockname()[1])
         self.sessions: list[Session] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accept_thread = threading.Thread(target=self._accept, name="tls-mqtt", daemon=True)
-
-    # ------------------------------------------------------------- lifecycle
-    def start(self) -> Self:
-        self._accept_thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._accept_thread.join(IO_TIMEOUT)
-        for t in self._threads:
-            t.join(IO_TIMEOUT)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__(listener)
 
     def wait_for_session(self, timeout: float = IO_TIMEOUT) -> Session:
         """The first session, once it has ended (the client closed, or the server gave up)."""
@@ -168,18 +138,11 @@ class MqttTlsServer:
         raise AssertionError(f"no finished session within {timeout} s: {self.sessions}")
 
     # ------------------------------------------------------------- connections
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            session = Session()
-            with self._lock:
-                self.sessions.append(session)
-            t = threading.Thread(target=self._serve, args=(conn, session), daemon=True)
-            self._threads.append(t)
-            t.start()
+    def _connection(self, conn: socket.socket):
+        session = Session()
+        with self._lock:
+            self.sessions.append(session)
+        return lambda: self._serve(conn, session)
 
     def _serve(self, conn: socket.socket, s: Session) -> None:
         try:

@@ -24,15 +24,13 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .broker import HOST
+from .tcpserver import IO_TIMEOUT, LoopbackServer
 
 __all__ = ["FAULTS", "CuttingProxy"]
 
 FAULTS = ("fin", "rst", "cut_fin", "cut_rst", "tls_fin", "tls_notify", "tls_rst")
-IO_TIMEOUT = 5.0
 
 
 def _reset(sock: socket.socket) -> None:
@@ -42,7 +40,9 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-class CuttingProxy:
+class CuttingProxy(LoopbackServer):
+    name = "proxy"
+
     def __init__(
         self,
         upstream_port: int,
@@ -65,36 +65,7 @@ class CuttingProxy:
         self._lock = threading.Lock()
         self.replan(plan)
         self.log: list[tuple[float, str]] = []  # (monotonic time, what happened)
-        self._listener = socket.create_server((HOST, 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accept_thread = threading.Thread(target=self._accept, name="proxy", daemon=True)
-
-    # ------------------------------------------------------------- lifecycle
-    def start(self) -> Self:
-        self._accept_thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._accept_thread.join(IO_TIMEOUT)
-        for t in self._threads:
-            t.join(IO_TIMEOUT)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__()
 
     # ------------------------------------------------------------- what happened
     def _note(self, what: str) -> None:
@@ -120,18 +91,11 @@ class CuttingProxy:
             self._plan = faults
 
     # ------------------------------------------------------------- connections
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                fault = self._plan.pop(0) if self._plan else "forward"
-            self._note(f"accepted {fault}")
-            t = threading.Thread(target=self._serve, args=(client, fault), daemon=True)
-            self._threads.append(t)
-            t.start()
+    def _connection(self, client: socket.socket):
+        with self._lock:
+            fault = self._plan.pop(0) if self._plan else "forward"
+        self._note(f"accepted {fault}")
+        return lambda: self._serve(client, fault)
 
     def _serve(self, client: socket.socket, fault: str) -> None:
         try:
