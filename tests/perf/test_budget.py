@@ -38,10 +38,9 @@ pytestmark = pytest.mark.perf
 
 # At least this many latency samples, or a p99 says nothing about the worst percent.
 MIN_SAMPLES = 100
-# Seconds of steady state measured: one reading is published per OBIS_INTERVAL (the
-# default), so this many seconds give MIN_SAMPLES latency samples (PERF_WINDOW may
-# lengthen it, never below that).
-OBIS_INTERVAL = 2
+OBIS_INTERVAL = 2  # the default: one reading published per 2 s
+# Seconds of steady state measured: enough for MIN_SAMPLES published readings (PERF_WINDOW
+# may lengthen it, never below that).
 WINDOW = max(float(os.environ.get("PERF_WINDOW", "0")), OBIS_INTERVAL * MIN_SAMPLES + 5.0)
 BURST = 3000  # telegrams; issue 10: a burst of >= 3,000 as fast as the agent reads them
 BURSTS = 3
