@@ -65,7 +65,7 @@ BRIDGE: dict[str, str] = {
     "manifest_version": TEXT,
     "manifest_group": TEXT,  # "" in production
     "netflags": WHOLE,  # 25
-    "mac": MAC,  # "34:94:54:5e:84:0"
+    "mac": MAC,  # "a:1b:2c:3d:4e:50"
     "ap_mac": MAC,
     "ssid": TEXT,
     "bssid": BSSID,  # 12 hex digits
@@ -87,8 +87,8 @@ GOOD: dict[str, Any] = {
     NUMBER: 3.49,
     BOOL: False,
     TEXT: "up2date",
-    MAC: "34:94:54:5e:84:0",
-    BSSID: "3494545e8401",
+    MAC: "a:1b:2c:3d:4e:50",
+    BSSID: "0a1b2c3d4e51",
     OTA: [
         {
             "model": "tibber-pulse-ir-hub-esp32",

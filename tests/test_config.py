@@ -671,7 +671,7 @@ def test_a_device_path_that_does_not_exist_loads(tmp_path: Path) -> None:
 
 # --- templates: the constant fields the agent takes, checked at load ----------------------------
 
-MAC, AP_MAC, BSSID = "34:94:54:5e:84:0", "34:94:54:5e:84:1", "3494545e8401"
+MAC, AP_MAC, BSSID = "a:1b:2c:3d:4e:50", "a:1b:2c:3d:4e:51", "0a1b2c3d4e51"
 
 
 def test_the_built_in_constants_pass_as_templates(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def _is_number(v: Any) -> bool:
 
 
 # How the bridge writes a MAC (and how _next_mac in payloads.py parses it): six bytes in
-# hex, colon-separated, without zero padding ("34:94:54:5e:84:0"); padded is accepted too.
+# hex, colon-separated, without zero padding ("a:1b:2c:3d:4e:50"); padded is accepted too.
 _MAC = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}")
 # The BSSID in the captures is 12 hex digits without colons (tibber-bridge.md §5.2).
 _BSSID = re.compile(r"([0-9A-Fa-f]{12})?")

@@ -100,7 +100,7 @@ def make_meter(kind: str, seed: int) -> SimulatedEbz:
         pv_w=900.0,
         tariffs=True,
         export_tariffs=True,
-        property_number="469061",
+        property_number="123456",
     )
 
 

@@ -188,8 +188,8 @@ def test_tariff_registers_add_up_to_their_total_and_only_the_running_one_moves()
 
 
 def test_a_property_number_replaces_the_id_in_0_0_0_only() -> None:
-    text = make(property_number="469061").next_telegram()
-    assert b"1-0:0.0.0*255(469061)\r\n1-0:96.1.0*255(1EBZ0100000001)" in text
+    text = make(property_number="123456").next_telegram()
+    assert b"1-0:0.0.0*255(123456)\r\n1-0:96.1.0*255(1EBZ0100000001)" in text
     with pytest.raises(ValueError, match="export tariffs"):
         make(tariffs=True, export_tariffs=True)
 

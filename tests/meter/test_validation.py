@@ -523,12 +523,12 @@ def test_a_property_number_in_0_0_0_is_adopted_after_repeats_then_guarded() -> N
     """One meter shows a property number in 0.0.0 (meters.md §4): its pair of ids becomes
     the identity once it has repeated like a new meter's; then a changed character in
     either line is an identity change, never published."""
-    meter = sim(13, property_number="469061")
+    meter = sim(13, property_number="123456")
     raws = [meter.next_telegram() for _ in range(ADOPT_AFTER + 5)]
     v = Validator()
     verdicts = check_all(v, raws)
     assert [i for i, x in enumerate(verdicts) if x.adopted] == [ADOPT_AFTER - 1]
-    assert "469061" in verdicts[ADOPT_AFTER - 1].adopted
+    assert "123456" in verdicts[ADOPT_AFTER - 1].adopted
     assert published(verdicts) == raws[ADOPT_AFTER - 1 :]
     for code in ("0.0.0", "96.1.0"):
         good = [meter.next_telegram() for _ in range(3)]

@@ -153,7 +153,9 @@ def test_the_bz06eta_telegram_becomes_366_bytes() -> None:
     assert len(raw) == 368
     payload = obis_stream(raw)
     assert len(payload) == 366
-    assert payload.startswith(b"/EBZ5DD3BZ06ETA_107\r\n1-0:0.0.0*255(1EBZ0100507409)\r\n")
+    first_line = raw.split(b"\r\n")[2]  # 1-0:0.0.0*255(<the meter's id>)
+    assert first_line.startswith(b"1-0:0.0.0*255(")
+    assert payload.startswith(b"/EBZ5DD3BZ06ETA_107\r\n" + first_line + b"\r\n")
     assert payload.endswith(b"0-0:96.8.0*255(02792C83)\r\n!\r\n")
 
 
@@ -396,8 +398,8 @@ def captured_bridge() -> dict[str, Any]:
             "manifest_version": "2401.1",
             "manifest_group": "",
             "netflags": 7,
-            "mac": "c4:de:e2:d1:35:a8",
-            "ap_mac": "c4:de:e2:d1:35:a9",
+            "mac": "0a:1b:2c:d3:e4:f5",
+            "ap_mac": "0a:1b:2c:d3:e4:f6",
         },
     }
 
@@ -430,7 +432,7 @@ def test_template_constants_come_from_captured_json() -> None:
     assert status["coredump_available"] is True
     assert status["manifest_version"] == "2401.1"
     assert status["ota"] == captured_bridge()["metrics"]["ota"]
-    assert (status["mac"], status["ap_mac"]) == ("c4:de:e2:d1:35:a8", "c4:de:e2:d1:35:a9")
+    assert (status["mac"], status["ap_mac"]) == ("0a:1b:2c:d3:e4:f5", "0a:1b:2c:d3:e4:f6")
     # Live values are never taken from the capture.
     assert status["vacrms"] == 232.3 and status["uptime"] == 10982
     assert status["nodes"][0]["version"] == "1172-e5b13c4f"
