@@ -66,6 +66,11 @@ MAX_PENDING = 64
 # The network thread comes back at least this often, which is how the supervisor knows it
 # is alive (paho's select() would otherwise sleep until the next keepalive ping).
 MAX_LOOP_WAIT = 5.0
+# The longest a connection attempt may take before its thread counts as stuck: DNS (the
+# resolver's own timeouts: 5 s x 2 tries per name server by default), a TCP connect per
+# address the broker's name resolves to (connect_timeout each; AWS IoT names resolve to
+# several), the TLS handshake. A hang beyond it is one (and the watchdog restarts us).
+ATTEMPT_BOUND = 120.0
 # A connection ended without a word after the TLS handshake and before the CONNACK is what
 # a flaky path does now and then, and what AWS IoT does every time when its policy does not
 # let this client connect (reported: an AUTHORIZATION_FAILURE on Connect in AWS's log left
@@ -153,6 +158,7 @@ class MqttLink:
         self.state = LinkState.CONNECTING
         self.problem: Problem | None = None
         self.heartbeat = clock()  # last time the network thread came back from a wait
+        self.busy_until = 0.0  # in a connection attempt, which may block until then
         self.connects = 0
         self.connected_since: float | None = None
         # Kick-loop detection: sessions that the broker ended soon after CONNACK while an
@@ -189,6 +195,11 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    def stuck(self, now: float, limit: float) -> bool:
+        """The thread is gone, or has not come back from a wait for `limit` seconds while
+        not in a connection attempt (which may block until busy_until)."""
+        return not self.alive or (now - self.heartbeat > limit and now > self.busy_until)
 
     @property
     def awaiting_connack(self) -> bool:
@@ -268,7 +279,7 @@ class MqttLink:
                     # Network trouble: keep trying often enough to be back within seconds
                     # of the broker (60 s caps only rejections and kick loops).
                     delay = min(delay, NETWORK_RETRY_CAP)
-                if delay > 0 and self._stop.wait(delay):
+                if self._pause(delay):
                     break
                 self._attempt()
                 continue
@@ -282,8 +293,22 @@ class MqttLink:
                 self._lost(None)
         self._shutdown()
 
+    def _pause(self, seconds: float) -> bool:
+        """Wait out a backoff (up to a minute) in slices, stamping the heartbeat after each:
+        a long wait is not a stuck thread. True if stopped meanwhile."""
+        deadline = self._clock() + seconds
+        while (left := deadline - self._clock()) > 0:
+            if self._stop.wait(min(left, MAX_LOOP_WAIT)):
+                return True
+            self.heartbeat = self._clock()
+        return False
+
     def _attempt(self) -> None:
         self.heartbeat = self._clock()
+        # connect() blocks in DNS, then in a TCP connect per address the name resolves to
+        # (connect_timeout each), then in the TLS handshake: bounded, but longer than a
+        # heartbeat may be old. The supervisor waits this long before calling it stuck.
+        self.busy_until = self.heartbeat + ATTEMPT_BOUND
         try:
             client = self._new_client()
             client.connect(self.host, self.port, keepalive=self.keepalive)
@@ -294,6 +319,9 @@ class MqttLink:
             self._silent_closes = 0
             self._failed_attempt(self.classify(e))
             return
+        finally:
+            self.heartbeat = self._clock()
+            self.busy_until = 0.0
         self._client = client
         self._socket = client.socket()
         self._last_in = self._clock()

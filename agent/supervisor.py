@@ -28,7 +28,8 @@ from .tibber.uplink import TibberUplink
 log = logging.getLogger(__name__)
 
 # A worker whose heartbeat is older than this is stuck. Its waits are bounded by a few
-# seconds (meter reads 2 s, MQTT loop 5 s, TLS connect 10 s).
+# seconds (meter reads 2 s, MQTT loop and backoff slices 5 s); a link's connection attempt
+# may block longer, up to the bound it declares (MqttLink.busy_until).
 STUCK_AFTER = 20.0
 EX_SOFTWARE = 70  # a worker crashed (sysexits.h)
 # Without a watchdog, refresh the counters in STATUS this often.
@@ -91,7 +92,7 @@ class Agent:
         if not self.reader.alive or now - self.meter.heartbeat > STUCK_AFTER:
             stuck.append("meter")
         for link in (self.uplink, self.mirror):
-            if link is not None and (not link.alive or now - link.heartbeat > STUCK_AFTER):
+            if link is not None and link.stuck(now, STUCK_AFTER):
                 stuck.append(link.name)
         return stuck
 

@@ -16,6 +16,8 @@ Measured here with mosquitto 2.0.11, OpenSSL 3.0, paho-mqtt 2.2 (TLS 1.3 unless 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import threading
 import time
@@ -28,8 +30,10 @@ import pytest
 import agent.mqtt
 from agent.config import MirrorSettings, TibberSettings
 from agent.mirror import Mirror
-from agent.mqtt import NETWORK_RETRY_CAP, MqttLink
+from agent.mqtt import ATTEMPT_BOUND, MAX_LOOP_WAIT, NETWORK_RETRY_CAP, MqttLink
+from agent.schedule import Backoff
 from agent.state import LinkState, MeterState, Problem
+from agent.supervisor import STUCK_AFTER
 from agent.tibber.uplink import TibberUplink
 from tests.harness.agent import BRIDGE_ID, EUI, UID
 from tests.harness.broker import HOST, PlainBroker, TlsBroker
@@ -265,6 +269,69 @@ def test_a_mirror_ca_that_does_not_trust_its_broker_is_named(
     assert first.state is LinkState.REJECTED, first
     assert first.problem is not None
     assert f"ca_cert {ca} does not trust the broker's certificate" in first.problem.text, first
+
+
+# ------------------------------------------------------------------------------ liveness
+class SlowRetryUplink(TibberUplink):
+    """The uplink as after a few rejections in the field: the next try 15-30 s away."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._backoff = Backoff(base=30.0, cap=60.0)
+
+
+def test_a_long_backoff_is_not_a_stuck_thread(
+    tmp_path: Path, pki: Pki, tls_broker: TlsBroker, start_link: Start
+) -> None:
+    """A rejected link waits up to a minute between tries. The supervisor withholds the
+    watchdog ping from a thread whose heartbeat is STUCK_AFTER old, so a wait that long
+    without one got a rejected (or kicked) agent killed by systemd, and after five such
+    restarts the unit stayed failed: a human needed. The wait now stamps the heartbeat."""
+    crt, key = foreign_client(tmp_path / "bad")
+    settings = replace(tibber_settings(pki, tls_broker.port), certificate=crt, private_key=key)
+    link, changes = start_link(lambda ch: SlowRetryUplink(settings, MeterState(), on_change=ch))
+    changes.wait(lambda c: c.state is LinkState.REJECTED, timeout=5)
+    worst = 0.0
+    deadline = time.monotonic() + 14.0  # inside the first wait (>= 15 s)
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        worst = max(worst, now - link.heartbeat)
+        assert not link.stuck(now, STUCK_AFTER), now - link.heartbeat
+        time.sleep(0.1)
+    assert link.state is LinkState.REJECTED
+    assert worst <= MAX_LOOP_WAIT + 1.0, worst
+
+
+def test_a_connection_attempt_may_block_up_to_its_declared_bound() -> None:
+    """A broker that drops SYNs (a firewall; here a listener whose queue is full) holds
+    connect() for connect_timeout per address: longer than a heartbeat may be old, so the
+    attempt declares how long it may take, and the link is not stuck meanwhile."""
+    listener = socket.create_server((HOST, 0), backlog=0)
+    fill = []
+    for _ in range(3):  # fill the accept queue: later SYNs are dropped
+        c = socket.socket()
+        c.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            c.connect(listener.getsockname())
+        fill.append(c)
+    link = Mirror(MirrorSettings(enabled=True, host=HOST, port=listener.getsockname()[1]), "m")
+    link.connect_timeout = 6.0
+    link.start()
+    try:
+        deadline = time.monotonic() + 3
+        while link.busy_until == 0.0:
+            assert time.monotonic() < deadline, "no connection attempt"
+            time.sleep(0.01)
+        time.sleep(4.0)
+        now = time.monotonic()
+        assert now - link.heartbeat > 3.0  # blocked in connect() all along
+        assert not link.stuck(now, 3.0)  # ...and that is not being stuck
+        assert link.busy_until - now >= ATTEMPT_BOUND - 10
+    finally:
+        link.stop(timeout=10)
+        for c in fill:
+            c.close()
+        listener.close()
 
 
 # ------------------------------------------------------------------------------ bugs
