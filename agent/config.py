@@ -483,3 +483,8 @@ def _check_pem(section: str, key: str, path: Path) -> None:
         raise ConfigError(section, key, f"{path} is a directory") from None
     if b"-----BEGIN " not in head:
         raise ConfigError(section, key, f"{path} is not a PEM file")
+    if key == "private_key" and (b"ENCRYPTED" in head):
+        # OpenSSL would ask for the passphrase on a terminal (and block) or fail without one.
+        raise ConfigError(
+            section, key, f"{path} is encrypted; the agent needs the key without a passphrase"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 
 from .config import TibberSettings
+from .tibber.connection import refuse_passphrase
 
 
 def check_tls(t: TibberSettings) -> list[str]:
@@ -19,7 +20,9 @@ def check_tls(t: TibberSettings) -> list[str]:
     except (ssl.SSLError, OSError) as e:
         return [f"[tibber] ca_cert: {t.ca_cert} is not a usable CA certificate ({_reason(e)})"]
     try:
-        ctx.load_cert_chain(certfile=str(t.certificate), keyfile=str(t.private_key))
+        ctx.load_cert_chain(
+            certfile=str(t.certificate), keyfile=str(t.private_key), password=refuse_passphrase
+        )
     except ssl.SSLError as e:
         if "KEY_VALUES_MISMATCH" in str(e):
             return [f"[tibber] private_key: {t.private_key} does not belong to {t.certificate}"]

@@ -82,7 +82,8 @@ class Mirror(MqttLink):
             return Problem(
                 LinkState.REJECTED, f"ca_cert {ca} does not trust the broker's certificate ({why})"
             )
-        if isinstance(error, ssl.SSLError) and not isinstance(error, ssl.SSLEOFError):
+        cut = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+        if isinstance(error, ssl.SSLError) and not isinstance(error, cut):
             return Problem(LinkState.REJECTED, f"TLS failed: {error.reason or error}")
         return super().classify(error)
 

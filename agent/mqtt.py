@@ -253,11 +253,12 @@ class MqttLink:
             # the message is dropped like any other: a network error is not the
             # caller's (the meter thread's) to handle.
             return False
-        if info.rc != paho().MQTT_ERR_SUCCESS:
+        if info.rc != 0:  # MQTT_ERR_SUCCESS
             return False
         with self._pending_lock:
-            if client is self._client:  # else a new client started over meanwhile
-                self._pending.append((now, info))
+            if client is not self._client:
+                return False  # dropped with the client replaced meanwhile
+            self._pending.append((now, info))
         return True
 
     def _stalled(self, now: float) -> bool:

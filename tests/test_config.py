@@ -502,6 +502,27 @@ def test_check_files_refuses_a_key_open_to_others(tmp_path: Path, pki: Pki, mode
     assert "PRIVATE KEY" not in message  # key material is never shown
 
 
+def test_check_files_refuses_an_encrypted_key(tmp_path: Path, pki: Pki) -> None:
+    """OpenSSL would ask for the passphrase on a terminal, blocking `check` (and `run`
+    started by hand); under systemd it would fail at every attempt. Named at load instead."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), password=None)
+    pki.client_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    pki.client_key.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        check_files(tibber_of(creds_config(tmp_path, pki)))
+    message = str(info.value)
+    assert message.startswith("[tibber] private_key: ") and "encrypted" in message
+    assert "PRIVATE KEY" not in message
+
+
 # --- the annotated config.ini at the repo root ---------------------------------------------------
 
 ANNOTATED = REPO_ROOT / "config.ini"

@@ -153,7 +153,10 @@ class MeterPort:
 
     def _read_generic(self, wanted: int, timeout: float) -> bytes:
         """URLs without a file descriptor (socket://, rfc2217://): pyserial's own timeout."""
-        self._serial.timeout = timeout
+        if self._serial.timeout != timeout:
+            # pyserial reconfigures the port on every assignment: for rfc2217 that is a
+            # round of option negotiation with the server, so only when it changes.
+            self._serial.timeout = timeout
         first = self._serial.read(1)
         if not first:
             return b""

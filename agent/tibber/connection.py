@@ -49,6 +49,14 @@ def alpn_protocols(settings: TibberSettings) -> list[str]:
     return [settings.alpn]
 
 
+def refuse_passphrase() -> str:
+    """An encrypted key would make OpenSSL ask for its passphrase on the terminal: never
+    block on that (config.check_files names an encrypted key before it gets here)."""
+    import ssl
+
+    raise ssl.SSLError("private_key is encrypted; the agent needs it without a passphrase")
+
+
 def tls_context(settings: TibberSettings) -> ssl.SSLContext:
     """The one TLS context for Tibber's broker: the server and its name always verified
     against ca_cert, the bridge's certificate and key, TLS 1.2 or newer. paho passes the host
@@ -58,7 +66,11 @@ def tls_context(settings: TibberSettings) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its name
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_verify_locations(cafile=str(settings.ca_cert))
-    ctx.load_cert_chain(certfile=str(settings.certificate), keyfile=str(settings.private_key))
+    ctx.load_cert_chain(
+        certfile=str(settings.certificate),
+        keyfile=str(settings.private_key),
+        password=refuse_passphrase,
+    )
     protocols = alpn_protocols(settings)
     if protocols:
         ctx.set_alpn_protocols(protocols)
