@@ -7,6 +7,7 @@ EX_CONFIG (78), which the unit's RestartPreventExitStatus= turns into a plain `f
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import math
 import os
 import re
@@ -177,7 +178,9 @@ def _bool(v: str) -> bool:
     raise ValueError(f"must be true or false, got {v!r}")
 
 
-def _host(v: str) -> str:
+def host_name(v: str) -> str:
+    """A host name, an IPv4 address, or an IPv6 address in brackets (`[::1]`), returned
+    without them (as socket calls take it). Raises ValueError naming what is wrong."""
     if "://" in v or (":" in v and not v.startswith("[")) or "/" in v:
         raise ValueError(f"must be a bare host name (no scheme, port or path), got {v!r}")
     if not _HOST.fullmatch(v) or len(v) > _HOST_MAX:
@@ -185,7 +188,15 @@ def _host(v: str) -> str:
             f"is not a valid host name (labels of 1-63 letters, digits or -, "
             f"at most {_HOST_MAX} in all): {v!r}"
         )
+    if v.startswith("["):
+        try:
+            return str(ipaddress.IPv6Address(v[1:-1]))
+        except ValueError:
+            raise ValueError(f"is not an IPv6 address in brackets: {v!r}") from None
     return v
+
+
+_host = host_name
 
 
 # An MQTT topic is at most 65535 bytes (paho raises a ValueError for a longer one). The agent

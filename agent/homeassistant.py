@@ -13,8 +13,10 @@ class"; developers.home-assistant.io/blog/2021/08/16/state_class_total):
   sensors appear as one device; an `origin` mapping, which the documentation recommends;
 - units the device classes accept: energy in kWh, power in W, voltage in V;
   `state_class: total_increasing` for the energy registers ("a decreasing value is interpreted
-  as the start of a new meter cycle or the replacement of the meter": validation guarantees a
-  published register never falls), `measurement` for power and voltage;
+  as the start of a new meter cycle or the replacement of the meter": validation publishes
+  a lower register only when it adopts a new meter or a run of OVERRULE_AFTER telegrams
+  overrules its reference, which is what that reading means), `measurement` for power and
+  voltage;
 - `availability_topic` with the default payloads `online` / `offline`;
 - several sensors reading one state topic, each with its own `value_template` (the
   documentation's "Sensors" example with a common JSON state payload).

@@ -523,6 +523,18 @@ def test_check_files_refuses_an_encrypted_key(tmp_path: Path, pki: Pki) -> None:
     assert "PRIVATE KEY" not in message
 
 
+def test_an_ipv6_broker_is_given_in_brackets_and_taken_without(tmp_path: Path) -> None:
+    """paho and the resolver take a bare IPv6 address; `[::1]` was accepted and then failed
+    every attempt as 'cannot resolve [::1] (DNS)'. A bare one stays refused (it reads like
+    host:port)."""
+    s = load(write(tmp_path, {("tibber", "mqtt_url"): "[::1]", ("mirror", "host"): "[fe80::1]"}))
+    assert s.tibber is not None and s.tibber.mqtt_url == "::1"
+    assert s.mirror.host == "fe80::1"
+    for bad in ("[zz::1]", "::1"):
+        with pytest.raises(ConfigError, match=r"\[tibber\] mqtt_url: "):
+            load(write(tmp_path, {("tibber", "mqtt_url"): bad}))
+
+
 # --- the annotated config.ini at the repo root ---------------------------------------------------
 
 ANNOTATED = REPO_ROOT / "config.ini"

@@ -8,6 +8,7 @@ tests run `check` and the agent as processes on the imported files, against the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -207,7 +209,8 @@ def test_write_puts_each_file_in_place_with_its_mode_and_keeps_the_config_around
     assert files["certificate.pem"][:4] == (lf(setup.creds.certificate), 0o644, 0, 0)
     assert files["private.key"][:4] == (lf(setup.creds.private_key), 0o640, 0, daemon)
     assert files["bridge-status.json"][1:4] == (0o640, 0, daemon)
-    assert files["node-metrics.json"][1] == 0o644
+    # A metrics document may name the Wi-Fi and the MACs: kept like the key.
+    assert files["node-metrics.json"][1:4] == (0o640, 0, daemon)
     # The config keeps its mode, and the old one is kept as it was.
     assert files["config.ini"][1:4] == (0o640, 0, 0)
     assert files[backups[0]][:2] == (original.encode(), 0o640)
@@ -236,7 +239,8 @@ def test_a_new_config_is_made_with_only_tibber_and_a_private_mode(
     with fb.FakeBridge(fb.routes(s.creds)) as bridge:
         r = s.from_bridge(capsys, bridge, "--write")
     assert r.code == 0, r.text
-    assert stat.S_IMODE(s.etc.stat().st_mode) == 0o750
+    # The service's group may enter the new directory, as install.sh sets it up.
+    assert (stat.S_IMODE(s.etc.stat().st_mode), s.etc.stat().st_gid) == (0o750, 1)
     st = s.config.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, 1)
     text = s.config.read_text()
@@ -255,6 +259,24 @@ def test_without_the_service_group_the_key_is_0600(
     assert r.code == 0, r.text
     st = (setup.etc / "private.key").stat()
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o600, 0)
+
+
+def test_a_path_outside_the_config_directory_is_never_written(
+    setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config naming, say, a system CA file for ca_cert: the bridge's CA goes beside the
+    config under its default name, and the file elsewhere is left alone."""
+    outside = tmp_path / "system-ca.pem"
+    outside.write_text("a system CA\n")
+    assert "ca_cert = ca.pem\n" in setup.config.read_text()
+    text = setup.config.read_text().replace("ca_cert = ca.pem", f"ca_cert = {outside}")
+    setup.config.write_text(text)
+    with fb.FakeBridge(fb.routes(setup.creds)) as bridge:
+        r = setup.from_bridge(capsys, bridge, "--write")
+    assert r.code == 0, r.text
+    assert outside.read_text() == "a system CA\n"
+    assert (setup.etc / "ca.pem").read_bytes() == lf(setup.creds.ca)
+    assert "ca_cert = ca.pem\n" in setup.config.read_text()
 
 
 def test_existing_paths_in_the_config_are_where_the_files_go(
@@ -297,6 +319,62 @@ def test_an_unreachable_bridge_is_named_with_what_to_check(
     assert "cannot reach the bridge at 127.0.0.1:" in r.err
     assert "connection was refused" in r.err and "param_set 39 TRUE" in r.err
     assert digest(setup.etc) == before
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".lan", "127.0.0.1:99999", "[::1", "h:0"])
+def test_a_host_no_resolver_takes_is_a_usage_error(
+    setup: Setup, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    """An empty or over-long label made the resolver raise a ValueError (a traceback, exit
+    1); a port beyond 65535 was tried and called refused. Now: one line, exit 64."""
+    r = setup.run(capsys, "--host", host, "--password", "x")
+    assert r.code == 64, r.err
+    assert r.err.count("\n") == 1 and "--host" in r.err, r.err
+
+
+def test_a_redirect_is_not_followed_with_the_password(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whatever answers at a wrong address may redirect; urllib would follow it and send
+    the Authorization header (the QR code, also the bridge's Wi-Fi key) to the new host."""
+    with fb.FakeBridge({}) as elsewhere:
+        target = f"http://{elsewhere.host}/params.json"
+        with fb.FakeBridge({"/params.json": fb.Redirect(target)}) as bridge:
+            r = setup.run(capsys, "--host", bridge.host, "--password", fb.PASSWORD)
+        assert elsewhere.requests == []
+    assert r.code == 69, r.err
+    assert "redirects /params.json elsewhere (HTTP 302)" in r.err
+
+
+def test_a_trickling_answer_is_given_up_at_the_timeout(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Headers at once, then a byte every 0.25 s: the deadline holds for the whole answer,
+    not for each read (one read() took 16 x 0.25 s before)."""
+    done = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def trickle() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n")
+                for _ in range(16):
+                    if done.wait(0.25):
+                        return
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"[")
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        host = f"127.0.0.1:{server.getsockname()[1]}"
+        t0 = time.monotonic()
+        r = setup.run(capsys, "--host", host, "--password", "x", "--timeout", "1")
+        took = time.monotonic() - t0
+        done.set()
+        thread.join(5)
+    assert r.code == 69, r.err
+    assert took < 2.0, took
 
 
 def test_a_bridge_that_does_not_answer_is_given_up_after_the_timeout(

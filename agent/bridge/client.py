@@ -20,12 +20,13 @@ import time
 import urllib.error
 import urllib.request
 
+from ..config import host_name
 from .extract import Document
 
 MAX_BODY = 1 << 20  # params.json is a few KB; anything near this is not the bridge
 USER = "admin"
 AP_ADDRESS = "10.133.70.1"
-_HOST = re.compile(r"[A-Za-z0-9.-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+_HOST_PORT = re.compile(r"(?P<host>[^:\[\]]+|\[[^\]]*\])(?::(?P<port>\d{1,5}))?")
 
 # sysexits.h, as the errors below map to them
 EX_UNAVAILABLE = os.EX_UNAVAILABLE  # 69
@@ -58,14 +59,26 @@ class NotFound(BridgeError):
 
 
 def parse_host(text: str) -> str:
-    """`host`, `host:port`, `http://host[:port][/]` -> `host[:port]`. Raises ValueError."""
+    """`host`, `host:port`, `http://host[:port][/]` -> `host[:port]` for a URL (an IPv6
+    address in brackets). The host held to the same rule as the config's host names (a
+    label of 1-63 characters: the resolver raises a ValueError on any other). Raises
+    ValueError."""
     value = text.strip()
     if value.lower().startswith("https://"):
         raise ValueError(f"the bridge serves plain http, not https: {text!r}")
     value = re.sub(r"^http://", "", value, flags=re.IGNORECASE).rstrip("/")
-    if not _HOST.fullmatch(value):
+    found = _HOST_PORT.fullmatch(value)
+    if not found:
         raise ValueError(f"must be a host name or address, optionally with :port, got {text!r}")
-    return value
+    host, port = found["host"], found["port"]
+    try:
+        address = host_name(host)
+    except ValueError as e:
+        raise ValueError(f"{e} (in {text!r})") from None
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port must be between 1 and 65535, got {port} in {text!r}")
+    shown = f"[{address}]" if ":" in address else address
+    return shown if port is None else f"{shown}:{port}"
 
 
 class BridgeClient:
@@ -74,7 +87,7 @@ class BridgeClient:
         self.timeout = timeout
         token = base64.b64encode(f"{USER}:{password}".encode()).decode("ascii")
         self._auth = f"Basic {token}"
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
     def get(self, path: str) -> Document:
         """The document at `path`. Raises Refused (401/403), NotFound (404), Unreachable."""
@@ -121,22 +134,39 @@ class BridgeClient:
             )
         if code == 404:
             return NotFound(f"the bridge at {self.host} has no {path} (HTTP 404)")
+        if 300 <= code < 400:
+            return Unreachable(
+                f"{self.host} redirects {path} elsewhere (HTTP {code}), which the bridge never "
+                f"does, so the password was not sent on; {REACH_HINT}"
+            )
         return Unreachable(f"the bridge at {self.host} answered {path} with HTTP {code}")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The bridge never redirects; urllib would follow a redirect with the Authorization
+    header, handing the QR password (also the bridge's Wi-Fi key) to whatever host a wrong
+    address or a captive portal names. A redirect is an HTTP error instead."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        return None
 
 
 def _read_bounded(response: http.client.HTTPResponse, deadline: float) -> bytes | None:
     """The body, or None past MAX_BODY. Raises TimeoutError past the deadline (a server that
-    trickles bytes would otherwise reset the per-read timeout forever)."""
+    trickles bytes would otherwise reset the per-read timeout forever). read1 returns what
+    one read of the socket brings, so the deadline is looked at between any two of them."""
     chunks: list[bytes] = []
     size = 0
-    while chunk := response.read(65536):
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = response.read1(65536)
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > MAX_BODY:
             return None
-        if time.monotonic() > deadline:
-            raise TimeoutError
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _why(reason: object) -> str:

@@ -4,7 +4,8 @@ Everything lands next to the config file (`-c`, default /etc/tibber-agent/config
 - the three PEM files under the names the config already gives them (else the defaults
   ca.pem, certificate.pem, private.key): certificates 0644; the key 0640 with the service's
   group when that group exists (the agent runs as `tibber-agent`, install.sh), else 0600;
-- node-metrics.json (and bridge-metrics.json) when a template passed the agent's check: 0644;
+- node-metrics.json (and bridge-metrics.json) when a template passed the agent's check: like
+  the key (a bridge's metrics name the Wi-Fi and the MACs);
 - bridge-status.json, the bridge's /status.json kept for reference: like the key (it names
   the Wi-Fi and the LAN addresses);
 - config.ini, its [tibber] section edited in place (inifile): an existing file keeps its
@@ -90,6 +91,7 @@ class Plan:
     directory_missing: bool
     steps: list[Step]
     tibber: dict[str, str]  # the [tibber] keys set
+    gid: int = -1  # the service's group; -1 where it does not exist
 
 
 def plan(config: Path, harvest: Harvest, status: bytes | None, group: str) -> Plan:
@@ -103,7 +105,7 @@ def plan(config: Path, harvest: Harvest, status: bytes | None, group: str) -> Pl
     tibber = dict(harvest.tibber)
     targets: list[Target] = []
     for key, block in harvest.pems.items():
-        name = current.get(key, "").strip() or PEM_DEFAULTS[key]
+        name = _beside(base, current.get(key, "").strip(), PEM_DEFAULTS[key])
         tibber[key] = name
         private = key == "private_key"
         targets.append(Target(key, _resolve(base, name), block.text.encode("ascii"), private))
@@ -114,9 +116,11 @@ def plan(config: Path, harvest: Harvest, status: bytes | None, group: str) -> Pl
     for key, doc in templates.items():
         if doc is None:
             continue  # an existing setting stays as it is
-        name = current.get(key, "").strip() or TEMPLATE_DEFAULTS[key]
+        name = _beside(base, current.get(key, "").strip(), TEMPLATE_DEFAULTS[key])
         tibber[key] = name
-        targets.append(Target(key, _resolve(base, name), doc.body, private=False))
+        # A bridge metrics document names the Wi-Fi (ssid, bssid) and the MACs: kept like
+        # the key, readable by the service's group.
+        targets.append(Target(key, _resolve(base, name), doc.body, private=True))
     if status is not None:
         targets.append(Target("status", base / STATUS_NAME, status, private=True))
     new_text = inifile.set_keys(text, "tibber", tibber)
@@ -125,7 +129,17 @@ def plan(config: Path, harvest: Harvest, status: bytes | None, group: str) -> Pl
         Target("config", config, new_text.encode("utf-8"), private=True, keep_owner=True)
     )
     steps = [_step(t, gid) for t in targets]
-    return Plan(config, not base.is_dir(), steps, tibber)
+    return Plan(config, not base.is_dir(), steps, tibber, gid)
+
+
+def _beside(base: Path, configured: str, default: str) -> str:
+    """The file name to write: the one the config names if it lies in the config's own
+    directory, else the default name there (never a file elsewhere, e.g. a system CA)."""
+    if configured:
+        path = _resolve(base, configured)
+        if path.resolve().is_relative_to(base.resolve()):
+            return configured
+    return default
 
 
 def _read_config(config: Path) -> str:
@@ -220,7 +234,9 @@ def write(p: Plan, report: list[str]) -> None:
     Raises OSError."""
     if p.directory_missing:
         p.config.parent.mkdir(parents=True, mode=0o750)
-        report.append(f"created {p.config.parent}/ (0750)")
+        if p.gid >= 0:  # the service must enter it, as install.sh sets it up
+            os.chown(p.config.parent, -1, p.gid)
+        report.append(f"created {p.config.parent}/ (0750)" + _group_text(p.gid))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for step in p.steps:
         try:

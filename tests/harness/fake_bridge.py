@@ -250,6 +250,13 @@ class Request:
     authorized: bool
 
 
+@dataclass(frozen=True)
+class Redirect:
+    """Served at a path: a 302 to `location` (the real bridge never redirects)."""
+
+    location: str
+
+
 @dataclass
 class FakeBridge:
     """`with FakeBridge(routes) as bridge:` serves `routes` (path with query -> JSON-able
@@ -317,6 +324,8 @@ class FakeBridge:
             self._send(handler, 404, b"not found")
         elif isinstance(doc, int):
             self._send(handler, doc, b"")
+        elif isinstance(doc, Redirect):
+            self._send(handler, 302, b"", {"Location": doc.location})
         else:
             body = self.body(handler.path)
             self._send(handler, 200, body, {"Content-Type": "application/json"})
