@@ -166,6 +166,27 @@ def test_the_sentences_follow_the_data() -> None:
     assert "This run differs from CI's in the tests it runs." in busy
 
 
+def test_tests_without_a_figure_are_named_by_file_with_their_cases_folded() -> None:
+    """A parametrized suite (the corruption test: 160-odd cases) stays one readable line:
+    each test's cases are counted, not listed; a lone test keeps its full id."""
+    passed = Outcome("passed", "", None, None)
+    cases = [f"tests/meter/c.py::test_x[{k}]" for k in ("BZ", "2R", "DTA")]
+    text = render(
+        report(
+            tests={
+                "tests/faults/t.py::test_a": passed,
+                **dict.fromkeys(cases, passed),
+                "tests/meter/c.py::test_y": passed,
+                "tests/perf/p.py::test_z[1]": passed,
+            }
+        )
+    )
+    assert (
+        "- Passed without recording a figure: `tests/meter/c.py`: `test_x` (3 cases), "
+        "`test_y`, `tests/perf/p.py::test_z[1]`.\n"
+    ) in text, text
+
+
 def test_a_soak_section_is_kept_only_with_its_circumstances() -> None:
     typed = "\n## Soak\n\nThe agent ran at commit 1c07c2e; the later changes touch ...\n"
     written = "\n## Soak\n\n| | |\n|---|---|\n| command | `python scripts/soak.py` |\n"
