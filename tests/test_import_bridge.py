@@ -9,9 +9,11 @@ tests run `check` and the agent as processes on the imported files, against the 
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import logging
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -230,6 +232,75 @@ def test_a_second_write_changes_nothing(setup: Setup, capsys: pytest.CaptureFixt
     assert tree(setup.etc) == after_first
     assert "nothing to change: every file is already as imported" in second.out
     assert second.out.count("unchanged") == 0  # the plan is not shown again with --write
+
+
+def test_what_it_replaces_is_kept_with_its_owner_and_the_new_files_get_theirs(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files a user (or an older install) left with other content, modes and owners: a
+    config.ini owned by `daemon`, 0600; the key 0640 root:daemon; a CA 0600 daemon:daemon.
+    Each backup keeps the original's mode, owner and group; the new config keeps them too
+    (edited in place); the new key and CA get the documented ones, whatever they had."""
+    uid, gid = pwd.getpwnam(GROUP).pw_uid, grp.getgrnam(GROUP).gr_gid
+    assert (uid, gid) != (0, 0)
+    original = setup.config.read_text()
+    held = {  # name: (content, mode, owner, group)
+        "config.ini": (original.encode(), 0o600, uid, 0),
+        "private.key": (b"an older key\n", 0o640, 0, gid),
+        "ca.pem": (b"an older CA\n", 0o600, uid, gid),
+    }
+    for name, (content, mode, owner, group) in held.items():
+        path = setup.etc / name
+        path.write_bytes(content)
+        os.chown(path, owner, group)
+        path.chmod(mode)
+    with fb.FakeBridge(fb.routes(setup.creds, firmware="2025")) as bridge:
+        r = setup.from_bridge(capsys, bridge, "--write")
+    assert r.code == 0, r.text
+    files = tree(setup.etc)
+    for name, attributes in held.items():
+        backups = [n for n in files if n.startswith(f"{name}.bak-")]
+        assert len(backups) == 1, sorted(files)
+        assert files[backups[0]][:4] == attributes, name
+    assert files["config.ini"][1:4] == (0o600, uid, 0)
+    assert setup.config.read_text() == expected_config(original, IMPORTED)
+    assert files["private.key"][:4] == (lf(setup.creds.private_key), 0o640, 0, gid)
+    assert files["ca.pem"][:4] == (lf(setup.creds.ca), 0o644, 0, 0)
+    assert files["certificate.pem"][1:4] == (0o644, 0, 0)
+    assert files["node-metrics.json"][1:4] == (0o640, 0, gid)
+    assert_no_key(r.text, setup.creds.private_key)
+
+
+@pytest.mark.parametrize("held", ["other files", "an earlier import"])
+def test_a_dry_run_over_files_already_in_place_changes_nothing(
+    setup: Setup, capsys: pytest.CaptureFixture[str], held: str
+) -> None:
+    """The directory already holds PEMs, templates and the status document: from an earlier
+    import (the CA's mode changed by hand since), or other ones with other modes and owners.
+    Without --write, nothing in it changes (content, mode, owner, group, inode; no backup
+    appears)."""
+    with fb.FakeBridge(fb.routes(setup.creds)) as bridge:
+        if held == "an earlier import":
+            assert setup.from_bridge(capsys, bridge, "--write").code == 0
+            (setup.etc / "ca.pem").chmod(0o600)
+            state = "unchanged"
+        else:
+            for name in ("ca.pem", "certificate.pem", "private.key", "node-metrics.json"):
+                (setup.etc / name).write_text(f"an older {name}\n")
+                (setup.etc / name).chmod(0o600)
+            os.chown(setup.etc / "private.key", pwd.getpwnam(GROUP).pw_uid, 0)
+            (setup.etc / "bridge-status.json").write_text("{}\n")
+            state = "replaced"
+        before = digest(setup.etc)
+        names = sorted(p.name for p in setup.etc.iterdir())
+        r = setup.from_bridge(capsys, bridge)
+    assert r.code == 0, r.text
+    assert digest(setup.etc) == before, sorted(p.name for p in setup.etc.iterdir())
+    assert sorted(p.name for p in setup.etc.iterdir()) == names
+    assert f"  {state:<10} {setup.etc / 'private.key'}" in r.out, r.out
+    ca_state = "mode" if held == "an earlier import" else "replaced"
+    assert f"  {ca_state:<10} {setup.etc / 'ca.pem'}  0644" in r.out, r.out
+    assert "Would write (nothing is changed without --write)" in r.out
 
 
 def test_a_new_config_is_made_with_only_tibber_and_a_private_mode(
