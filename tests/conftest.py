@@ -20,6 +20,7 @@ from tests.harness.certs import Pki, make_pki
 from tests.harness.meter import PtyMeter, encode_7e1
 from tests.harness.notify import NotifySocket
 from tests.harness.observer import Observer
+from tests.harness.paths import NOT_PROVEN
 
 ObserverFactory = Callable[..., Observer]
 
@@ -190,7 +191,7 @@ def not_proven(request: pytest.FixtureRequest) -> NotProven:
 
     def record(reason: str) -> NoReturn:
         record_not_proven(request.config, request.node.nodeid, reason)
-        pytest.skip(f"NOT PROVEN ON THIS MACHINE: {reason}")
+        pytest.skip(NOT_PROVEN + reason)
 
     return record
 
@@ -198,7 +199,21 @@ def not_proven(request: pytest.FixtureRequest) -> NotProven:
 def record_not_proven(config: pytest.Config, nodeid: str, reason: str) -> None:
     """For the summary block; the caller makes sure the test does not pass (e.g. at
     collection, where a fixture cannot run yet: add a skip marker with the same reason)."""
-    config.stash.setdefault(_NOT_PROVEN, []).append((nodeid, reason))
+    found = config.stash.setdefault(_NOT_PROVEN, [])
+    if (nodeid, reason) not in found:
+        found.append((nodeid, reason))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Every skip whose reason starts with NOT_PROVEN (tests/harness/paths.py), however it
+    was raised (paths.not_proven_here, a skip marker, pytest.skip), goes into the block."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2].removeprefix("Skipped: ")
+        if reason.startswith(NOT_PROVEN):
+            record_not_proven(item.config, item.nodeid, reason.removeprefix(NOT_PROVEN))
 
 
 # ---------------------------------------------------------------- budgets known not to be met
@@ -233,7 +248,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.line(f"{nodeid}: {reason}", red=True, bold=True)
     terminalreporter.line(
         f"{len(unproven)} check(s) above did not run here: not a pass. Run them where the "
-        "machine can (e.g. a Raspberry Pi with the IR head's USB driver).",
+        "machine can (e.g. a Raspberry Pi with the IR head's USB driver, a checkout with "
+        "../shared beside it).",
         red=True,
         bold=True,
     )

@@ -16,7 +16,7 @@ import serial.urlhandler
 from agent.config import PORT_URLS, REFUSED_SCHEMES, ConfigError, check_files, load
 from agent.tibber.payloads import BRIDGE_CONSTANTS, NODE_CONSTANTS
 from tests.harness.certs import Pki
-from tests.harness.paths import REPO_ROOT, SHARED
+from tests.harness.paths import REPO_ROOT, shared_file
 
 UID = "0123456789abcdef0123456789ABCDEF"
 BRIDGE_ID = "0f1e2d3c4b5a6"
@@ -732,9 +732,7 @@ def test_the_built_in_constants_pass_as_templates(tmp_path: Path) -> None:
 def test_the_documented_captures_pass_as_templates(tmp_path: Path) -> None:
     """The three JSON samples of tibber-bridge.md §5, their address placeholders filled in as a
     user's file would have them; with `<mac>` left in, the placeholder is named."""
-    path = SHARED / "protocol" / "tibber-bridge.md"
-    if not path.is_file():
-        pytest.skip("../shared/protocol not present (a user's clone has no ../shared)")
+    path = shared_file("protocol/tibber-bridge.md")
     samples = re.findall(r"```json\n(.*?)\n```", path.read_text(), re.S)
     by_type = {json.loads(text)["$type"]: text for text in samples}
     assert set(by_type) == {"event", "status", "node_status"}

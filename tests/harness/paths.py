@@ -6,16 +6,20 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 __all__ = [
+    "NOT_PROVEN",
     "REPO_ROOT",
     "SHARED",
     "TELEGRAMS",
     "libfaketime",
     "multiarch",
+    "not_proven_here",
     "read_capture",
+    "shared_file",
     "split_telegrams",
     "telegram_file",
 ]
@@ -25,23 +29,35 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / "shared"
 TELEGRAMS = SHARED / "telegrams"
 
-_SKIP_REASON = (
-    "../shared/telegrams not present (a user's clone has no ../shared); "
-    "the simulator tests cover the same paths"
-)
+# A skip reason that starts so is listed in the run summary's NOT PROVEN ON THIS MACHINE
+# block (tests/conftest.py), not only among the skip reasons.
+NOT_PROVEN = "NOT PROVEN ON THIS MACHINE: "
+
+
+def not_proven_here(reason: str) -> NoReturn:
+    """End the test as skipped, never passed, and list it with `reason` in the run summary's
+    NOT PROVEN ON THIS MACHINE block: what it checks was not checked here."""
+    pytest.skip(NOT_PROVEN + reason)
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ../shared (real captures, protocol notes), read in place. Without its folder
+    (a user's clone has no ../shared) the test is NOT PROVEN here, said at the end of the
+    run; a file missing from a present folder is a typo, so that raises."""
+    path = SHARED / relative
+    if not path.parent.is_dir():
+        not_proven_here(
+            f"needs ../shared/{relative}, and ../shared/{Path(relative).parent} is not here "
+            "(a user's clone has no ../shared; CI's and a dev checkout's have)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name!r} in {path.parent}")
+    return path
 
 
 def telegram_file(name: str) -> Path:
-    """Path of a capture in ../shared/telegrams; skips the test if that folder is absent.
-
-    A missing file inside a present folder is a typo, so that raises instead of skipping.
-    """
-    if not TELEGRAMS.is_dir():
-        pytest.skip(_SKIP_REASON)
-    path = TELEGRAMS / name
-    if not path.is_file():
-        raise FileNotFoundError(f"no capture {name!r} in {TELEGRAMS}")
-    return path
+    """Path of a capture in ../shared/telegrams (see shared_file)."""
+    return shared_file(f"telegrams/{name}")
 
 
 def read_capture(name: str) -> bytes:

@@ -7,7 +7,6 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,8 @@ from agent.meter.simulator import (
     line_of,
     undetectable,
 )
+from tests.harness.paths import read_capture
 
-TELEGRAMS = Path(__file__).resolve().parents[2].parent / "shared" / "telegrams"
 AHPOHL = "ebz_dd3_bz06eta_msb_ahpohl-smartmeter_7telegrams.txt"
 RUST_2R = "ebz_dd3_2r06eta_rust-test-fixture.txt"
 DTA = "ebz_dd3_2r06dta_msb_philippoo66-eBZaehler.crlf-reconstructed.txt"
@@ -32,10 +31,7 @@ _LINE = re.compile(rb"(\d+-\d+:\d+\.\d+\.\d+)\*255\(([^)]*)\)")
 
 
 def capture(name: str) -> bytes:
-    path = TELEGRAMS / name
-    if not path.is_file():
-        pytest.skip("../shared/telegrams not present (a user's clone has no ../shared)")
-    return path.read_bytes()
+    return read_capture(name)  # NOT PROVEN here without ../shared/telegrams
 
 
 def split_telegrams(stream: bytes) -> list[bytes]:

@@ -20,7 +20,7 @@ from agent.tibber.payloads import (
     obis_stream,
     radio_packets,
 )
-from tests.harness.paths import SHARED, read_capture, split_telegrams
+from tests.harness.paths import read_capture, shared_file, split_telegrams
 
 UID = "0123456789abcdef0123456789abcdef"
 # Made-up ids of the captured shapes (13 and 16 hex digits); no real device's.
@@ -477,9 +477,7 @@ def _shape(value: Any) -> Any:
 
 
 def test_shapes_match_the_documented_captures() -> None:
-    path = SHARED / "protocol" / "tibber-bridge.md"
-    if not path.is_file():
-        pytest.skip("../shared/protocol not present (a user's clone has no ../shared)")
+    path = shared_file("protocol/tibber-bridge.md")
     samples = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", path.read_text(), re.S)]
     by_type = {s["$type"]: s for s in samples}
     builder = PayloadBuilder(settings())
