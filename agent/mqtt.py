@@ -72,11 +72,12 @@ MAX_LOOP_WAIT = 5.0
 # several), the TLS handshake. A hang beyond it is one (and the watchdog restarts us).
 ATTEMPT_BOUND = 120.0
 # A connection ended without a word after the TLS handshake and before the CONNACK is what
-# a flaky path does now and then, and what AWS IoT does every time when its policy does not
-# let this client connect (reported: an AUTHORIZATION_FAILURE on Connect in AWS's log left
-# the client without an answer, chakoku.hatenablog.com/entry/2022/04/21/235327; MQTT 3.1.1
-# lets a server close the connection instead of answering). Only the repetition tells the
-# two apart: this many in a row (no other failure in between) say "probably rejected".
+# a flaky path does now and then, and what AWS IoT is reported to do when its policy does
+# not let this client connect (an AUTHORIZATION_FAILURE on Connect in AWS's log left the
+# client without an answer, chakoku.hatenablog.com/entry/2022/04/21/235327; that it does so
+# every time is inferred; MQTT 3.1.1 lets a server close the connection instead of
+# answering). Only the repetition tells the two apart: this many in a row (no other failure
+# in between) say "probably rejected".
 SILENT_CLOSES_BEFORE_ALARM = 4
 
 

@@ -398,7 +398,7 @@ CASES = [
         "closed before CONNACK",
         69,
         UNREACHABLE + "localhost:{port} closed the connection before accepting it: a flaky "
-        "path does that now and then; AWS IoT does it every time when its policy refuses this "
+        "path does that now and then; AWS IoT is reported to do it when its policy refuses this "
         "certificate or client id (run check again)",
         _closed,
     ),

@@ -75,7 +75,7 @@ def probe(settings: TibberSettings, timeout: float = DEFAULT_TIMEOUT) -> ProbeRe
     if problem == conn.classify(ClosedBeforeConnack()):
         # One attempt cannot tell a flaky path from a refusal (see SILENT_CLOSES_BEFORE_ALARM).
         text += (
-            ": a flaky path does that now and then; AWS IoT does it every time when its "
+            ": a flaky path does that now and then; AWS IoT is reported to do it when its "
             "policy refuses this certificate or client id (run check again)"
         )
     return ProbeResult(EX_UNAVAILABLE, f"Tibber unreachable: {text}", seconds)
