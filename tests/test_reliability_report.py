@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,8 +30,9 @@ from scripts.reliability import (
     settings,
     written_by_soak,
 )
-from scripts.soak import Sample
+from scripts.soak import Sample, readings_flowing
 from scripts.soak import checks as soak_checks
+from tests.harness.agent import TOPIC_OBIS
 from tests.harness.paths import REPO_ROOT
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -313,3 +315,18 @@ def test_soak_without_settled_samples_is_not_a_pass() -> None:
         "log lines in the quiet periods",
     ]
     assert not all(c.ok for c in found)
+
+
+def test_soak_says_no_when_readings_stop(plain_broker, observer_factory) -> None:
+    """At the end the soak waits for a reading: none within the wait is its check's "no"
+    (the run goes on to print and write its report), never an exception out of the run.
+    A real broker and subscriber, as the soak has."""
+    observer = observer_factory(plain_broker, ("$aws/rules/#",))
+    sender = observer_factory(plain_broker, ("unused/#",))
+    assert readings_flowing(observer, timeout=0.5) is False
+    later = threading.Timer(0.3, lambda: sender._client.publish(TOPIC_OBIS, b"/EBZ5DD3", qos=1))
+    later.start()
+    try:
+        assert readings_flowing(observer, timeout=5.0) is True
+    finally:
+        later.join(5)
