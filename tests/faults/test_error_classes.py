@@ -79,7 +79,12 @@ def test_network_cuts_before_connack_say_connecting_not_rejected(
     before the CONNACK); then the path works. Bounds: no STATUS says "rejected" and none
     maps to the "needs you" LED; the log names no certificate problem; the first attempt
     through the working path comes within the network retry cap (8 s) of the last cut,
-    and STATUS says connected within 2 s of it."""
+    and STATUS says connected within 2 s of it.
+
+    The wait is measured from when the proxy had made the last cut (its "done"), which is
+    when the agent's backoff can start, not from when it accepted that connection: the TLS
+    handshake in between is no part of the wait, and counted in, it put the [4, 8] s draw
+    after four failures beyond the cap now and then."""
     with CuttingProxy(
         tls_broker.port, CUTS, ca=pki.ca, certfile=pki.server_crt, keyfile=pki.server_key
     ) as proxy:
@@ -89,13 +94,15 @@ def test_network_cuts_before_connack_say_connecting_not_rejected(
         processes.append(agent)
         connected = wait_status(notify_socket, "Tibber connected", timeout=40)
         cuts = [t for f in CUTS for t in proxy.events(f"accepted {f}")]
+        cut_made = [t for f in CUTS for t in proxy.events(f"done {f}")]
         forwarded = proxy.events("accepted forward")
         said = [status_of(n) for n in statuses(notify_socket) if n.t <= connected.t]
         rejected = [s for s in said if "Tibber rejected" in s]
         needs_you = [s for s in said if led_of(s) is Pattern.NEEDS_USER]
         connecting = [s for s in said if "Tibber connecting: " in s]
         log = agent.log_text()
-        gap = forwarded[0] - max(cuts) if forwarded and len(cuts) == len(CUTS) else float("inf")
+        complete = len(cuts) == len(cut_made) == len(CUTS)
+        gap = forwarded[0] - max(cut_made) if forwarded and complete else float("inf")
         took = connected.t - forwarded[0] if forwarded else float("inf")
         ok = (
             not rejected
@@ -118,7 +125,7 @@ def test_network_cuts_before_connack_say_connecting_not_rejected(
             ok=ok,
             retry_after_cut_s=round(gap, 3),
         )
-        assert len(cuts) == len(CUTS), proxy.log
+        assert len(cuts) == len(cut_made) == len(CUTS), proxy.log
         assert not rejected, rejected
         assert not needs_you, needs_you
         assert connecting, said

@@ -37,17 +37,20 @@ def test_hello_then_subscribe_then_readings_on_every_connect(
     agent_config, start_agent, tls_broker, pushing_meter
 ):
     agent_config.tibber["obis_interval"] = "0"
+    mark = tls_broker.log_mark()  # before the agent starts: its first connect comes after
     start_agent()
     for restart in range(3):
         if restart:
             tls_broker.kill()
+            # Before start(): the agent may reconnect the moment the broker listens, before
+            # start() returns, and a mark taken after that would miss the connect.
+            mark = tls_broker.log_mark()
             tls_broker.start()
-        mark = tls_broker.log_mark()
-        tls_broker.wait_for_log(CONNECTED.pattern, timeout=15, since=mark)
+        connected = tls_broker.wait_for_log(CONNECTED.pattern, timeout=15, since=mark)
         tls_broker.wait_for_log(
             rf"Received PUBLISH from {BRIDGE_ID} .*'{re.escape(TOPIC_OBIS)}'",
             timeout=10,
-            since=mark,
+            since=connected.end(),
         )
     found = sessions(tls_broker.log_text())
     assert len(found) == 3, found
