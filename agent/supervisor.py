@@ -10,6 +10,7 @@ cannot fix, only shows in STATUS and on the LED.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -21,11 +22,25 @@ from .hostinfo import HostInfoReader
 from .led import StatusLed
 from .meter.reader import MeterReader
 from .mirror import Mirror
-from .state import LinkState, MeterState, Pattern, led_pattern, status_line
+from .state import LinkState, MeterHealth, MeterState, Pattern, led_pattern, status_line
 from .systemd import Notifier
 from .tibber.uplink import TibberUplink
 
 log = logging.getLogger(__name__)
+
+
+def settle_heap() -> None:
+    """Collect start-up's garbage once, then exempt what is left from later collections.
+
+    Python's full collection walks every tracked object: after the imports (paho, ssl, the
+    TLS context) that is tens of thousands, milliseconds of work in whichever thread happens
+    to allocate next, which may be the meter thread with a reading in hand. What exists once
+    both ends have worked lives as long as the process, so it is frozen (gc.freeze): later
+    collections walk only what came after it.
+    """
+    gc.collect()
+    gc.freeze()
+
 
 # A worker whose heartbeat is older than this is stuck. Its waits are bounded by a few
 # seconds (meter reads 2 s, MQTT loop and backoff slices 5 s); a link's connection attempt
@@ -127,8 +142,12 @@ class Agent:
         interval = self.notifier.watchdog_interval
         next_ping = self._clock()
         reported_stuck: list[str] = []
+        settled = False
         while not self._stopping and self._crashed is None:
             now = self._clock()
+            if not settled and self._steady():
+                settle_heap()
+                settled = True
             if interval is not None and now >= next_ping:
                 stuck = self.stuck_workers(now)
                 if not stuck:
@@ -148,6 +167,10 @@ class Agent:
             self._wake.clear()
         code = self.shutdown()
         return EX_SOFTWARE if self._crashed is not None else code
+
+    def _steady(self) -> bool:
+        """Both ends have worked once: everything start-up imports and builds exists."""
+        return self.meter.health is MeterHealth.OK and self.uplink.state is LinkState.CONNECTED
 
     def shutdown(self) -> int:
         self.notifier.stopping()
