@@ -169,8 +169,6 @@ def parse_element(data: bytes, pos: int, depth: int = 0) -> tuple[Element, int]:
     if kind == 0x70:
         if depth >= MAX_DEPTH:
             raise SmlError(Reason.STRUCTURE, f"lists nested deeper than {MAX_DEPTH}")
-        if length > n - start:  # each element takes at least one byte
-            raise SmlError(Reason.TRUNCATED, f"list of {length} at byte {pos}")
         items: list[Element] = []
         for _ in range(length):
             item, start = parse_element(data, start, depth + 1)

@@ -145,6 +145,7 @@ class SimulatedSml:
         self._mean_cw = round(power_w * 100)
         self.power_cw = self._mean_cw  # 16.7.0 of the latest frame, in 0.01 W
         self._transaction = rng.randrange(1 << 24)
+        self.last_file = b""  # the SML file of the last frame built, before escaping
 
     @property
     def import_digits(self) -> int:
@@ -165,7 +166,9 @@ class SimulatedSml:
         return self.frame()
 
     def frame(self) -> bytes:
-        return transport(self.file(), self.crc)
+        """The current second's frame (a new transaction id each time)."""
+        self.last_file = self.file()
+        return transport(self.last_file, self.crc)
 
     def file(self) -> bytes:
         self._transaction += 1
@@ -263,8 +266,8 @@ def lose_bytes(frame: bytes, rng: random.Random, count: int = 1) -> bytes:
 
 
 def insert_bytes(frame: bytes, rng: random.Random, count: int = 1) -> bytes:
-    """`count` bytes of noise inserted at one place (a glitch read as a character)."""
-    at = rng.randrange(len(frame) + 1)
+    """`count` bytes of noise inserted inside the frame (a glitch read as a character)."""
+    at = rng.randrange(1, len(frame))
     return frame[:at] + rng.randbytes(count) + frame[at:]
 
 

@@ -47,7 +47,8 @@ END_MARK = 0x1A
 # costs at most that, and the buffer stays bounded under endless noise.
 MAX_FRAME = 8192
 # Frames in a row that must verify under another CRC variant (and fail the locked one)
-# before the lock moves: see the module docstring.
+# before the lock moves: see the module docstring. At least 2: the first of them only
+# names the variant, so it is never passed.
 RELOCK_AFTER = 2
 # wanted() never asks for more than this: a read hint, not a promise of a frame's length.
 MAX_WANTED = 512
