@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -30,12 +31,12 @@ from .config import (
 from .meter.parity import encode_7e1
 from .meter.pipeline import Result
 from .meter.reader import MeterReader
-from .meter.telegram import Telegram
+from .meter.reading import Reading
 from .meter.validation import Outcome
 from .schedule import RateLimit
 from .state import MeterState
 from .tibber.metrics import Counters, MetricSchedule
-from .tibber.payloads import PayloadBuilder, Topics, obis_stream
+from .tibber.payloads import PayloadBuilder, Topics, reading_message
 from .tibber.probe import DEFAULT_TIMEOUT
 
 log = logging.getLogger("agent")
@@ -285,9 +286,12 @@ def _monitor(path: Path, port: str | None, out: Output) -> int:
     if path.exists() or path != DEFAULT_PATH:
         meter = load(path, need_tibber=False).meter
     if port:
-        meter = MeterSettings(port=port, baudrate=meter.baudrate, stale_after=meter.stale_after)
+        meter = dataclasses.replace(meter, port=port)
     reader = MeterReader(meter, MeterState(), [], on_result=lambda r: _print_result(r, out))
-    out.line(f"monitoring {meter.port} (Ctrl-C to stop); nothing is published")
+    out.line(
+        f"monitoring {meter.port}, protocol {meter.protocol} at {meter.baudrate} baud "
+        "(Ctrl-C to stop); nothing is published"
+    )
     reader.start()
     try:
         # Only the main thread gets Ctrl-C; the reader does the work.
@@ -341,7 +345,10 @@ class DemoPrinter:
         self.published = 0
 
     def emit(self, topic: str, payload: bytes) -> None:
-        text = payload.decode("ascii", "replace").replace("\r\n", "\n")
+        if topic == self.topics.sml:  # binary: shown as hex, 32 bytes a line
+            text = "\n".join(payload[i : i + 32].hex(" ") for i in range(0, len(payload), 32))
+        else:
+            text = payload.decode("ascii", "replace").replace("\r\n", "\n")
         self.out.line(f"--> {topic}\n{text.rstrip()}")
 
     def counters(self) -> Counters:
@@ -351,11 +358,11 @@ class DemoPrinter:
         hello = self.metrics.hello(time.monotonic(), time.time(), self.meter, self.counters())
         self.emit(self.topics.event, hello)
 
-    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None:
+    def telegrams(self, batch: Sequence[tuple[Reading, float]]) -> None:
         for t, _ in batch[-1:] if self.settings.obis_interval > 0 else batch:
             if self.rate.take(time.monotonic()):
                 self.published += 1
-                self.emit(self.topics.obis_stream, obis_stream(t.raw))
+                self.emit(*reading_message(self.topics, t))
 
     def tick(self) -> None:
         due = self.metrics.due(time.monotonic(), time.time(), self.meter, self.counters())

@@ -39,6 +39,8 @@ class MeterSettings:
     port: str = "/dev/ttyUSB0"
     baudrate: int = 9600
     stale_after: float = 10.0
+    protocol: str = "ebz"  # one of PROTOCOLS
+    parity: str = "even"  # one of PARITIES; text protocols only (SML is 8N1)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class TibberSettings:
     client_id: str = ""
     mqtt_topic: str = ""
     keepalive: int = 60
+    sml_suffix: str = "sml"  # TFD01/<eui>/<this> (reported: "SML" before 2023-10-30)
     obis_interval: float = 2.0
     bridge_metric_interval: float = 120.0
     node_metric_interval: float = 300.0
@@ -148,6 +151,25 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
 BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
+# What the meter sends: "ebz" is the eBZ DD3's OBIS text push (D0, 7E1, no checksum, checked
+# by the redundancy of its values); "sml" is binary SML 1.04 (8N1, CRC per frame), which
+# most modern German meters send, the eBZ's SML types included.
+PROTOCOLS = ("ebz", "sml")
+# How the bytes of a 7E1 text meter arrive: "even" is a USB head's raw 8N1 view, bit 7 the
+# even parity bit, checked per byte; "none" is a network head that strips it and delivers
+# 7-bit bytes (a byte with bit 7 set is then damage).
+PARITIES = ("even", "none")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {v!r}")
+        return v.lower()
+
+    return parse
+
+
 def _baudrate(v: str) -> int:
     n = _int(BAUDRATES[0], BAUDRATES[-1])(v)
     if n not in BAUDRATES:
@@ -219,6 +241,13 @@ def _topic_of(max_bytes: int) -> Callable[[str], str]:
         return v
 
     return parse
+
+
+def _topic_level(v: str) -> str:
+    """One level of a topic the agent builds (e.g. the `sml` in TFD01/<eui>/sml)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", v):
+        raise ValueError(f"must be 1-32 letters, digits, _ . or - (one topic level), got {v!r}")
+    return v
 
 
 def _client_id(v: str) -> str:
@@ -333,6 +362,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "port": (parse_port, "/dev/ttyUSB0"),
         "baudrate": (_baudrate, 9600),
         "stale_after": (_seconds(1, 3600), 10.0),
+        "protocol": (_one_of(PROTOCOLS), "ebz"),
+        "parity": (_one_of(PARITIES), "even"),
     },
     "tibber": {
         "mqtt_url": (_host, REQUIRED),
@@ -347,6 +378,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "client_id": (_client_id, ""),
         "mqtt_topic": (_topic_of(_MQTT_STRING_MAX - _TOPIC_ADDED_MAX), ""),
         "keepalive": (_int(1, 1200), 60),
+        "sml_suffix": (_topic_level, "sml"),
         "obis_interval": (_seconds(0.1, 3600, zero_ok=True), 2.0),
         "bridge_metric_interval": (_seconds(1, 86400), 120.0),
         "node_metric_interval": (_seconds(1, 86400), 300.0),

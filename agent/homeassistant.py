@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import __version__
-from .meter.telegram import Telegram
+from .meter.reading import Reading
 
 TOPIC_ROOT = "tibber-agent"
 ONLINE = b"online"
@@ -51,7 +51,7 @@ _MANUFACTURERS = {"EBZ": "eBZ"}
 
 @dataclass(frozen=True, slots=True)
 class Sensor:
-    code: str  # OBIS C.D.E, as in Telegram.values
+    code: str  # OBIS C.D.E, as in Reading.values
     key: str  # the field in the state message; the end of the unique id
     name: str
     device_class: str
@@ -184,14 +184,17 @@ class Discovery:
         self.topics = Topics(discovery_prefix, node)
         self.expire_after = max(EXPIRE_FLOOR, math.ceil(EXPIRE_INTERVALS * interval))
 
-    def announcement(self, t: Telegram) -> Announcement:
+    def announcement(self, t: Reading) -> Announcement:
         """What the telegrams of t's layout and meter carry. A sensor is included only if
         its line has the unit Home Assistant expects."""
         units = _units(t.layout)
         sensors = tuple(s for s in SENSORS if units.get(s.code) == s.unit)
         # Unique ids from the meter's id: the same sensors after a reinstall or a new Pi.
         stem = f"{TOPIC_ROOT.replace('-', '_')}_{t.meter_id or self.topics.node}"
-        device = _device(t.ident, t.meter_id, stem)
+        if t.protocol == "sml":
+            device = _sml_device(t.meter_id, stem)
+        else:
+            device = _device(t.ident, t.meter_id, stem)
         return Announcement(self.topics, device, sensors, stem, self.expire_after)
 
 
@@ -202,6 +205,23 @@ def _units(layout: tuple[str, ...]) -> dict[str, str]:
         label, unit = entry.split(" ", 1)[0], entry.rsplit(" ", 1)[1]
         units[label.split(":", 1)[1].split("*", 1)[0]] = unit
     return units
+
+
+def _sml_device(meter_id: str, stem: str) -> dict[str, object]:
+    """An SML meter names no type; its server id (hex) carries the maker's FLAG code in
+    bytes 2-4 after the id's header bytes (e.g. 09 01 45425A: EBZ)."""
+    flag = bytes.fromhex(meter_id[4:10]) if len(meter_id) >= 10 else b""
+    maker = flag.decode("ascii") if flag.isalpha() and flag.isupper() else "SML"
+    manufacturer = _MANUFACTURERS.get(maker, maker)
+    device: dict[str, object] = {
+        "identifiers": [stem],
+        "name": f"{manufacturer} SML meter",
+        "manufacturer": manufacturer,
+        "model": "SML",
+    }
+    if meter_id:
+        device["serial_number"] = meter_id
+    return device
 
 
 def _device(ident: str, meter_id: str, stem: str) -> dict[str, object]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .config import MirrorSettings
 from .homeassistant import OFFLINE, ONLINE, Announcement, Discovery
-from .meter.telegram import Telegram
+from .meter.reading import Reading
 from .mqtt import MqttLink
 from .schedule import RateLimit
 from .state import LinkState, Problem
@@ -106,7 +106,7 @@ class Mirror(MqttLink):
         super().stop(timeout)
 
     # ------------------------------------------------------------- from the meter thread
-    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None:
+    def telegrams(self, batch: Sequence[tuple[Reading, float]]) -> None:
         for t, _ in batch:
             if self.publish(self.settings.topic, t.raw, qos=0):
                 self.published += 1
@@ -115,7 +115,7 @@ class Mirror(MqttLink):
             for t, _ in batch[-1:] if self._rate.interval > 0 else batch:
                 self._send_state(t)
 
-    def _send_state(self, t: Telegram) -> None:
+    def _send_state(self, t: Reading) -> None:
         now = self._clock()
         if not self.connected or not self._rate.due(now):
             return
@@ -126,7 +126,7 @@ class Mirror(MqttLink):
             self._rate.take(now)
             self.states_published += 1
 
-    def _announcement(self, t: Telegram) -> Announcement:
+    def _announcement(self, t: Reading) -> Announcement:
         """The announcement of t's layout and meter (the same object while they stay: a
         parsed layout is one tuple object per layout, so the check is cheap)."""
         current = self._current

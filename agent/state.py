@@ -41,6 +41,7 @@ class MeterState:
     health: MeterHealth = MeterHealth.STARTING
     detail: str = ""  # e.g. the open error, or the main rejection reason
     port: str = ""
+    protocol: str = ""  # [meter] protocol being read
     telegrams_read: int = 0  # framed telegrams, good or bad
     accepted: int = 0
     rejected: int = 0

@@ -23,7 +23,13 @@ BRIDGE_ID = "0f1e2d3c4b5a6"
 EUI = "0f1e2d3c4b5a6978"
 
 VALID: dict[str, dict[str, str]] = {
-    "meter": {"port": "/dev/ttyUSB0", "baudrate": "9600", "stale_after": "10"},
+    "meter": {
+        "port": "/dev/ttyUSB0",
+        "protocol": "ebz",
+        "baudrate": "9600",
+        "parity": "even",
+        "stale_after": "10",
+    },
     "tibber": {
         "mqtt_url": "a1zhmn1192zl1a.iot.eu-west-1.amazonaws.com",
         "mqtt_port": "8883",
@@ -37,6 +43,7 @@ VALID: dict[str, dict[str, str]] = {
         "client_id": "",
         "mqtt_topic": "",
         "keepalive": "60",
+        "sml_suffix": "sml",
         "obis_interval": "2",
         "bridge_metric_interval": "120",
         "node_metric_interval": "300",
@@ -145,6 +152,20 @@ def test_empty_values_take_the_defaults(tmp_path: Path) -> None:
     assert s.led.gpio == 17
 
 
+def test_protocol_parity_and_sml_suffix(tmp_path: Path) -> None:
+    """Defaults: the eBZ text with its parity bit checked; the values as given, any case."""
+    s = load(write(tmp_path, {}))
+    assert (s.meter.protocol, s.meter.parity) == ("ebz", "even")
+    assert s.tibber is not None and s.tibber.sml_suffix == "sml"
+    changes = {("meter", "protocol"): "SML", ("meter", "parity"): "None"}
+    changes[("tibber", "sml_suffix")] = "SML"
+    s = load(write(tmp_path, changes))
+    assert (s.meter.protocol, s.meter.parity) == ("sml", "none")
+    assert s.tibber is not None and s.tibber.sml_suffix == "SML"
+    message = load_error(write(tmp_path, {("meter", "protocol"): "dsmr"}))
+    assert message == "[meter] protocol: must be one of ebz, sml, got 'dsmr'"
+
+
 def test_home_assistant_on_the_mirror(tmp_path: Path) -> None:
     changes = {("mirror", "enabled"): "true", ("mirror", "home_assistant"): "true"}
     s = load(write(tmp_path, changes))
@@ -197,6 +218,10 @@ BROKEN: list[tuple[str, str, str]] = [
     ("tibber", "mqtt_port", "8883x"),
     ("tibber", "alpn", "x-amzn-mqtt-ca, mqtt"),  # one name, not a list
     ("tibber", "alpn", "x amzn"),
+    ("meter", "protocol", "dsmr"),  # not (yet) a protocol the agent reads
+    ("meter", "protocol", "SML 1.04"),
+    ("meter", "parity", "odd"),  # no meter with an IR port uses it
+    ("meter", "parity", "7e1"),
     ("tibber", "alpn", "x" * 256),  # RFC 7301: at most 255 bytes
     ("tibber", "uid", UID[:-1]),
     ("tibber", "uid", UID + "0"),
@@ -218,6 +243,9 @@ BROKEN: list[tuple[str, str, str]] = [
     ("tibber", "keepalive", "0"),
     ("tibber", "keepalive", "1201"),
     ("tibber", "keepalive", "60s"),
+    ("tibber", "sml_suffix", "sml/raw"),  # one level: the node's topic ends with it
+    ("tibber", "sml_suffix", "#"),
+    ("tibber", "sml_suffix", "x" * 33),
     ("tibber", "obis_interval", "0.05"),
     ("tibber", "obis_interval", "-1"),
     ("tibber", "obis_interval", "3601"),

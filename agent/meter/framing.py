@@ -37,6 +37,11 @@ class Framer:
         self.last_length = 0  # length of the last framed telegram, to size the next read
 
     @property
+    def frames(self) -> int:
+        """Telegrams framed so far."""
+        return self.stats.telegrams
+
+    @property
     def pending(self) -> int:
         """Bytes of the telegram in progress (0 between telegrams)."""
         return len(self._buf)

@@ -16,12 +16,20 @@ def _even(byte: int) -> bool:
 
 # 256-byte tables for bytes.translate(): one C-level pass per read, no Python loop per byte.
 _DECODE = bytes((b & 0x7F) if _even(b) else PARITY_ERROR for b in range(256))
+# A network head that strips the parity bit delivers 7-bit bytes: one with bit 7 set is damage.
+_SEVEN_BIT = bytes(b if b < 0x80 else PARITY_ERROR for b in range(256))
 _ENCODE = bytes((c | (0 if _even(c) else 0x80)) if c < 0x80 else PARITY_ERROR for c in range(256))
 
 
 def decode_7e1(wire: bytes) -> bytes:
     """Strip the parity bit of each byte; a byte with bad parity becomes PARITY_ERROR."""
     return wire.translate(_DECODE)
+
+
+def decode_7bit(wire: bytes) -> bytes:
+    """Bytes whose parity bit the head already removed: a byte with bit 7 set becomes
+    PARITY_ERROR (no 7-bit character has it), the rest pass unchanged."""
+    return wire.translate(_SEVEN_BIT)
 
 
 def encode_7e1(text: bytes) -> bytes:

@@ -7,11 +7,13 @@ telegram, so the same path serves `run`, `monitor`, `demo` and the tests.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .framing import Framer
-from .parity import decode_7e1
-from .telegram import Reason, Telegram, TelegramError, TelegramParser, salvage
+from .parity import decode_7bit, decode_7e1
+from .reading import Reading
+from .telegram import Reason, TelegramError, TelegramParser, salvage
 from .validation import Outcome, Validator, Verdict
 
 
@@ -20,12 +22,21 @@ class Result:
     """One framed telegram's fate."""
 
     raw: bytes
-    telegram: Telegram | None  # None if it did not even parse
+    telegram: Reading | None  # None if it did not even parse
     verdict: Verdict
 
 
+# [meter] parity -> how a byte off the wire becomes a 7-bit character (or PARITY_ERROR).
+DECODERS: dict[str, Callable[[bytes], bytes]] = {"even": decode_7e1, "none": decode_7bit}
+
+
 class Pipeline:
-    def __init__(self, validator: Validator | None = None) -> None:
+    """The eBZ's OBIS text: 7E1 bytes, no checksum, validated by its values' redundancy."""
+
+    protocol = "ebz"
+
+    def __init__(self, validator: Validator | None = None, parity: str = "even") -> None:
+        self._decode = DECODERS[parity]
         self.framer = Framer()
         self.parser = TelegramParser()
         self.validator = validator or Validator()
@@ -33,9 +44,16 @@ class Pipeline:
     def wanted(self) -> int:
         return self.framer.wanted()
 
-    def feed(self, wire: bytes) -> list[Result]:
+    @property
+    def rejected(self) -> Counter[str]:
+        """Rejections so far, by reason."""
+        return self.validator.stats.rejected  # type: ignore[return-value]  # Reason is a str
+
+    def feed(self, wire: bytes, now: float = 0.0) -> list[Result]:
+        """`now` (monotonic, when the bytes arrived) is for meters without a seconds index;
+        the eBZ's own index is its clock."""
         results: list[Result] = []
-        for raw in self.framer.feed(decode_7e1(wire)):
+        for raw in self.framer.feed(self._decode(wire)):
             try:
                 telegram = self.parser.parse(raw)
             except TelegramError as e:

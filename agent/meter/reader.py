@@ -17,9 +17,10 @@ from ..config import MeterSettings
 from ..schedule import Backoff
 from ..state import MeterHealth, MeterState
 from .pacing import Pacing
-from .pipeline import Pipeline, RejectionLog, Result
+from .pipeline import RejectionLog, Result
 from .port import PORT_ERRORS, MeterPort, PortClosed, PortLost, expected_read_time
-from .telegram import Telegram
+from .protocols import MeterPipeline, pipeline_for
+from .reading import Reading
 from .validation import Outcome
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Outlet(Protocol):
     meter thread.
     """
 
-    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None: ...
+    def telegrams(self, batch: Sequence[tuple[Reading, float]]) -> None: ...
 
 
 class MeterReader:
@@ -50,7 +51,7 @@ class MeterReader:
         settings: MeterSettings,
         state: MeterState,
         outlets: Sequence[Outlet],
-        pipeline: Pipeline | None = None,
+        pipeline: MeterPipeline | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_result: Callable[[Result], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -58,7 +59,7 @@ class MeterReader:
         self.settings = settings
         self.state = state
         self.outlets = list(outlets)
-        self.pipeline = pipeline or Pipeline()
+        self.pipeline = pipeline or pipeline_for(settings)
         self.rejections = RejectionLog()
         self._on_change = on_change
         self._on_result = on_result
@@ -70,6 +71,7 @@ class MeterReader:
         self._pacing = Pacing()
         self._last_framed = 0.0
         self.state.port = settings.port
+        self.state.protocol = self.pipeline.protocol
         self.state.heartbeat = clock()
 
     def start(self) -> None:
@@ -161,12 +163,12 @@ class MeterReader:
                 data = port.read(1, timeout)
             if data:
                 was_pending = framer.pending
-                done_before = framer.stats.telegrams
+                done_before = framer.frames
                 self.feed(data)
                 now = self._clock()
-                if framer.stats.telegrams > done_before:
+                if framer.frames > done_before:
                     self._pacing.finished(now, framer.last_length, seen_arriving=not nap)
-                if framer.pending and (not was_pending or framer.stats.telegrams > done_before):
+                if framer.pending and (not was_pending or framer.frames > done_before):
                     self._pacing.started(now, framer.pending)
             line = self.rejections.tick(self._clock())
             if line:
@@ -175,7 +177,7 @@ class MeterReader:
     def feed(self, data: bytes) -> None:
         """Feed bytes through the pipeline and act on each result (also used by `demo`)."""
         now = self._clock()
-        for result in self.pipeline.feed(data):
+        for result in self.pipeline.feed(data, now):
             self._handle(result, now)
 
     def _handle(self, result: Result, now: float) -> None:
@@ -209,7 +211,7 @@ class MeterReader:
             self._set_health(MeterHealth.OK, "")
 
     def _main_rejection(self) -> str:
-        rejected = self.pipeline.validator.stats.rejected
+        rejected = self.pipeline.rejected
         if not rejected:
             return "telegrams arrive but none is complete"
         reason, _ = rejected.most_common(1)[0]

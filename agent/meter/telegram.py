@@ -13,7 +13,7 @@ import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from .parity import PARITY_ERROR
 
@@ -95,6 +95,7 @@ class TariffSum(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Telegram:
+    protocol: ClassVar[str] = "ebz"
     raw: bytes  # as framed: parity-stripped 7-bit ASCII, blank line included
     ident: str  # "/EBZ5DD3BZ06ETA_107"
     values: dict[str, str]  # "1.8.0" -> "005267.03049619" (C.D.E; A-B and F are in the layout)

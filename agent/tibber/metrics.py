@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..config import TibberSettings
 from ..schedule import Every
 from ..state import MeterState
-from .payloads import HostInfo, PayloadBuilder, Snapshot, Topics
+from .payloads import METER_MODES, HostInfo, PayloadBuilder, Snapshot, Topics
 
 
 @dataclass(frozen=True)
@@ -83,4 +83,5 @@ class MetricSchedule:
             since_last_telegram=None if last is None else now - last,
             voltage=meter.voltage,
             host=self._host_info(),
+            meter_mode=METER_MODES.get(meter.protocol),
         )

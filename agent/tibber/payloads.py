@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TibberSettings
+from ..meter.reading import Reading
 from .templates import BRIDGE_FIELDS, NODE_FIELDS
 
 # QoS 1 everywhere (AWS IoT takes 0 and 1). The known-working sender used 0 for readings;
@@ -28,12 +29,27 @@ def obis_stream(raw: bytes) -> bytes:
     return raw.replace(BLANK_AFTER_IDENT, b"\r\n", 1)
 
 
+def reading_message(topics: Topics, reading: Reading) -> tuple[str, bytes]:
+    """Where and how the bridge forwards one reading: OBIS text on obis_stream without the
+    blank line; an SML transport frame on sml, binary and whole (tibber-bridge.md §4.3:
+    reported)."""
+    if reading.protocol == "sml":
+        return topics.sml, reading.raw
+    return topics.obis_stream, obis_stream(reading.raw)
+
+
+# The node's meter_mode (its param 27; MARQ-C's enum: 1 IEC 62056-21, 2 Logarex, 3 SML 1.04):
+# 3 is what SML meters' nodes report, 4 what the one eBZ text capture shows (EGY-J).
+METER_MODES = {"ebz": 4, "sml": 3}
+
+
 @dataclass(frozen=True)
 class Topics:
     event: str
     bridge_metric: str
     node_metric: str
     obis_stream: str
+    sml: str
     receive: str
 
     @classmethod
@@ -44,6 +60,7 @@ class Topics:
             bridge_metric=f"{base}/TJH01/{s.bridge_id}/metric",
             node_metric=f"{base}/TFD01/{s.eui}/metric",
             obis_stream=f"{base}/TFD01/{s.eui}/obis_stream",
+            sml=f"{base}/TFD01/{s.eui}/{s.sml_suffix}",
             receive=s.receive_topic,
         )
 
@@ -73,6 +90,7 @@ class Snapshot:
     since_last_telegram: float | None  # seconds; None = none yet
     voltage: float | None  # the meter's 32.7.0 in volts
     host: HostInfo = field(default_factory=HostInfo)
+    meter_mode: int | None = None  # the protocol read (METER_MODES); None: the template's
 
 
 # Constant fields of a real bridge in 2023 (tibber-bridge.md §5, source EGY-J).
@@ -181,7 +199,7 @@ class PayloadBuilder:
             "node_status": {
                 "product_id": c["product_id"],
                 "bootloader_version": c["bootloader_version"],
-                "meter_mode": c["meter_mode"],
+                "meter_mode": c["meter_mode"] if snap.meter_mode is None else snap.meter_mode,
                 "node_battery_voltage": c["node_battery_voltage"],
                 "node_temperature": round(
                     temperature if temperature is not None else c["node_temperature"], 3

@@ -10,12 +10,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..config import TibberSettings
-from ..meter.telegram import Telegram
+from ..meter.reading import Reading
 from ..schedule import RateLimit
 from ..state import MeterState
 from .connection import TibberConnection
 from .metrics import Counters, MetricSchedule
-from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Topics, obis_stream
+from .payloads import QOS_EVENT, QOS_OBIS, HostInfo, PayloadBuilder, Topics, reading_message
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -52,21 +52,21 @@ class TibberUplink(TibberConnection):
         self.downlink = 0
 
     # ------------------------------------------------------------- from the meter thread
-    def telegrams(self, batch: Sequence[tuple[Telegram, float]]) -> None:
+    def telegrams(self, batch: Sequence[tuple[Reading, float]]) -> None:
         if self.settings.obis_interval > 0:
             # Rate-limited: of a confirmed pair only the newer one is worth sending.
             batch = batch[-1:]
         for t, arrived in batch:
             self._send(t, arrived)
 
-    def _send(self, t: Telegram, arrived: float) -> None:
+    def _send(self, t: Reading, arrived: float) -> None:
         now = self._clock()
         if not self.connected or now - arrived > MAX_AGE:
             self.dropped += 1
             return
         if not self._rate.due(now):
             return
-        if not self.publish(self.topics.obis_stream, obis_stream(t.raw), QOS_OBIS):
+        if not self.publish(*reading_message(self.topics, t), QOS_OBIS):
             self.dropped += 1  # offline or stalled: dropped, never queued for later
             return
         self._rate.take(now)

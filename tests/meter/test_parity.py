@@ -86,3 +86,31 @@ def test_real_8n1_capture_of_a_7e1_meter_decodes_cleanly() -> None:
         assert PARITY_ERROR not in decoded
         assert decoded == ast.literal_eval(repr_text)
         assert encode_7e1(decoded) == wire
+
+
+def test_a_head_that_strips_the_parity_bit_passes_7bit_bytes_and_marks_the_rest() -> None:
+    """[meter] parity = none: 7-bit bytes pass as they are; a byte with bit 7 set cannot be
+    7-bit text and becomes the marker (a bit flip into bit 7 is caught, one below is not:
+    the head threw the parity away)."""
+    from agent.meter.parity import decode_7bit
+
+    assert decode_7bit(ALL_7BIT) == ALL_7BIT
+    assert decode_7bit(bytes(range(128, 256))) == bytes([PARITY_ERROR]) * 128
+
+
+def test_a_7bit_head_feeds_the_same_telegrams_as_a_parity_checked_one() -> None:
+    """The same simulated telegrams, once as a USB head delivers them (7E1's parity bit as
+    bit 7) and once as a network head that stripped it: the same telegrams accepted; the
+    7-bit stream fed to the parity-checking pipeline is rejected (half its bytes fail)."""
+    from agent.meter.pipeline import Pipeline
+
+    meter = SimulatedEbz(rng=random.Random(3))
+    texts = [meter.next_telegram() for _ in range(6)]
+
+    def accepted(pipeline: Pipeline, wire: bytes) -> list[bytes]:
+        return [t.raw for r in pipeline.feed(wire) for t in r.verdict.publish]
+
+    usb = accepted(Pipeline(parity="even"), b"".join(encode_7e1(t) for t in texts))
+    network = accepted(Pipeline(parity="none"), b"".join(texts))
+    assert usb == network == texts[: len(usb)] and len(usb) >= 4
+    assert accepted(Pipeline(parity="even"), b"".join(texts)) == []

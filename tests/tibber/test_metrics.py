@@ -228,3 +228,14 @@ def test_last_telegram_gives_seen_and_available() -> None:
     assert status["vacrms"] == 231.44
     assert status["uptime"] == 120
     assert sent[0][2]["ts"] == int(WALL + 120)
+
+
+@pytest.mark.parametrize(("protocol", "mode"), [("ebz", 4), ("sml", 3), ("", 7)])
+def test_the_node_metric_says_which_protocol_the_meter_speaks(protocol: str, mode: int) -> None:
+    """meter_mode follows what the reader reads (3 SML, 4 as captured for the eBZ text port),
+    whatever the harvested template says; a reader not started yet leaves the template's."""
+    s = settings(node_metric_interval=3.0, node_metrics_template={"node_status": {"meter_mode": 7}})
+    sched = MetricSchedule(s, Topics.of(s), PayloadBuilder(s, None, s.node_metrics_template), START)
+    sent = run(sched, until=4, meter=MeterState(protocol=protocol))
+    nodes = [p for _, topic, p in sent if topic == TOPICS.node_metric]
+    assert nodes and {n["node_status"]["meter_mode"] for n in nodes} == {mode}

@@ -191,6 +191,25 @@ def test_topics_under_the_default_base() -> None:
     assert t.receive == f"tibber-bridge/{UID}/receive"
 
 
+def test_a_reading_goes_where_its_protocol_goes() -> None:
+    """OBIS text on obis_stream without the blank line after the ident; an SML transport
+    frame, binary and whole, on the configured suffix (sml unless set)."""
+    from types import SimpleNamespace
+
+    from agent.tibber.payloads import reading_message
+
+    text = b"/EBZ5DD3BZ06ETA_107\r\n\r\n1-0:0.0.0*255(1EBZ0100000001)\r\n!\r\n"
+    ebz = SimpleNamespace(protocol="ebz", raw=text)
+    frame = bytes.fromhex("1b1b1b1b010101017605") + b"\x1b" * 8 + bytes.fromhex("1b1b1b1b1a00abcd")
+    sml = SimpleNamespace(protocol="sml", raw=frame)
+    t = Topics.of(settings())
+    assert t.sml == f"{BASE}/TFD01/{EUI}/sml"
+    assert reading_message(t, ebz) == (t.obis_stream, text.replace(b"\r\n\r\n", b"\r\n", 1))
+    assert reading_message(t, sml) == (t.sml, frame)
+    upper = Topics.of(settings(sml_suffix="SML"))
+    assert reading_message(upper, sml) == (f"{BASE}/TFD01/{EUI}/SML", frame)
+
+
 def test_mqtt_topic_without_the_aws_prefix_gets_the_rule_prefix() -> None:
     t = Topics.of(settings(mqtt_topic=f"tibber-bridge/{UID}/publish"))
     assert t.obis_stream == f"{BASE}/TFD01/{EUI}/obis_stream"
