@@ -3,6 +3,7 @@ out to the TLS broker on TFD01/<eui>/sml, byte for byte."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -81,3 +82,75 @@ def test_a_captured_sml_stream_reaches_tibber_frame_for_frame(
     assert got == expected
     sent = [p for p in tls_broker.received_publishes(BRIDGE_ID) if p.topic == TOPIC_SML]
     assert [(p.qos, p.retain, p.size) for p in sent] == [(1, False, len(f)) for f in expected]
+
+
+def test_damaged_sml_frames_never_reach_tibber(
+    agent_config, start_agent, observer, tls_broker, pty_meter
+):
+    """The project's own SML meter (no ../shared needed): 300 frames as fast as the agent
+    reads them, a quarter damaged in every way the simulator knows (bit flips, bursts, lost
+    and inserted bytes, truncation, a damaged escape) with noise between frames: Tibber gets
+    exactly the frames that reached the wire intact, in order, byte for byte, and the node
+    metric says meter_mode 3 (SML)."""
+    import random
+
+    from agent.meter.sml.simulate import SimulatedSml, damaged_stream
+
+    rng = random.Random(8)
+    stream = damaged_stream(SimulatedSml(rng=rng, escape_value=True), rng, 300, rate=0.25)
+    assert stream.damaged >= 50 and len(stream.intact) >= 200
+    agent_config.meter["protocol"] = "sml"
+    agent_config.tibber.update(obis_interval="0", node_metric_interval="1")
+    start_agent()
+    observer.wait_for(TOPIC_EVENT, timeout=10)
+    assert pty_meter.wait_opened(10)
+    pty_meter.write_all(stream.wire)
+    observer.wait_count(len(stream.intact), TOPIC_SML, timeout=10)
+    time.sleep(0.5)
+    got = [m.payload for m in observer.messages if m.topic == TOPIC_SML]
+    assert got == list(stream.intact)
+    node = observer.wait_for(f"{BASE}/TFD01/{EUI}/metric", timeout=5)
+    assert json.loads(node.payload)["node_status"]["meter_mode"] == 3
+
+
+def test_home_assistant_gets_the_sml_frames_values(
+    agent_config, start_agent, observer, mirror_observer, plain_broker, pty_meter
+):
+    """With Home Assistant on the mirror, an SML meter's energy comes out in kWh (the frame
+    carries Wh with a scaler) and its power in W, the very values of the frame Tibber got;
+    the device is named after the maker in the server id."""
+    import random
+    from decimal import Decimal
+
+    from agent.meter.sml.simulate import SimulatedSml
+
+    meter = SimulatedSml(rng=random.Random(2), export_kwh=None)
+    agent_config.meter["protocol"] = "sml"
+    agent_config.mirror.update(
+        enabled="true", host="127.0.0.1", port=str(plain_broker.port), home_assistant="true"
+    )
+    agent_config.tibber["obis_interval"] = "0"
+    agent = start_agent()
+    observer.wait_for(TOPIC_EVENT, timeout=10)
+    assert pty_meter.wait_opened(10)
+    frames = {}
+    for _ in range(3):
+        frame = meter.next_frame()
+        frames[frame] = (meter.import_digits, meter.power_cw)
+        pty_meter.write(frame, paced=True)
+        time.sleep(0.3)
+    state_topic = f"tibber-agent/{BRIDGE_ID}/state"
+    try:
+        states = mirror_observer.wait_count(3, state_topic, timeout=5)
+    except TimeoutError:
+        raise AssertionError(agent.log_text()[-3000:]) from None
+    sent = [m.payload for m in observer.wait_count(3, TOPIC_SML, timeout=5)]
+    assert sent == list(frames)
+    for state, frame in zip(states, sent, strict=True):
+        digits, power_cw = frames[frame]
+        values = json.loads(state.payload, parse_float=Decimal, parse_int=Decimal)
+        assert values["energy_import"] == Decimal(digits) / 10**8  # 10 uWh digits in kWh
+        assert values["power"] == Decimal(power_cw) / 100
+    configs = [m for m in mirror_observer.messages if m.topic.endswith("/config")]
+    device = json.loads(configs[0].payload)["device"]
+    assert device["manufacturer"] == "eBZ" and device["serial_number"] == "090145425a0100000001"

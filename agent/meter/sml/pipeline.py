@@ -49,29 +49,36 @@ class SmlFrameReading:
         return self.reading.server_id.hex()
 
     @cached_property
-    def _entries(self) -> list[tuple[str, str, str]]:
-        """(C.D.E, unit, value text) of every numeric value with a known unit."""
+    def _entries(self) -> list[tuple[str, str, str, str]]:
+        """(C.D.E, unit, value text, A-B:C.D.E*F) of every numeric value with a known unit."""
         out = []
         for key, value in self.reading.values.items():
             unit = _UNITS.get(value.unit) if value.unit is not None else None
             if unit is None or isinstance(value.raw, bytes):
                 continue
-            out.append((key.partition(":")[2].partition("*")[0], unit, _text(value)))
+            out.append((key.partition(":")[2].partition("*")[0], unit, _text(value), key))
         return out
 
     @property
     def values(self) -> dict[str, str]:
-        return {code: text for code, _, text in self._entries}
+        return {code: text for code, _, text, _ in self._entries}
 
     @property
     def layout(self) -> tuple[str, ...]:
-        """The same tuple object for as long as the meter sends the same codes and units."""
-        key = ("", *(f"{code} {unit}" for code, unit, _ in self._entries))
+        """ "A-B:C.D.E*F sml unit" per value, as the text meters' layout entries read (the
+        shape is "sml"): the same tuple object for as long as the meter sends the same codes
+        and units."""
+        key = ("", *(f"{obis} sml {unit}" for _, unit, _, obis in self._entries))
         return self._layouts.setdefault(key, key)
 
     @property
     def volts(self) -> dict[str, int]:
-        return {code: int(Decimal(text) * 10) for code, unit, text in self._entries if unit == "V"}
+        """Asked by the reader for every frame: only the voltages are formatted."""
+        return {
+            key.partition(":")[2].partition("*")[0]: int(value.decimal() * 10)
+            for key, value in self.reading.values.items()
+            if value.unit == _V and not isinstance(value.raw, bytes)
+        }
 
 
 def _text(value: SmlValue) -> str:
