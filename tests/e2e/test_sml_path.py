@@ -87,10 +87,10 @@ def test_a_captured_sml_stream_reaches_tibber_frame_for_frame(
 def test_damaged_sml_frames_never_reach_tibber(
     agent_config, start_agent, observer, tls_broker, pty_meter
 ):
-    """The project's own SML meter (no ../shared needed): 300 frames, a quarter damaged in every way the simulator knows (bit flips, bursts, lost
-    and inserted bytes, truncation, a damaged escape) with noise between frames: Tibber gets
-    exactly the frames that reached the wire intact, in order, byte for byte, and the node
-    metric says meter_mode 3 (SML)."""
+    """The project's own SML meter (no ../shared needed): 300 frames, a quarter damaged in
+    every way the simulator knows (bit flips, bursts, lost and inserted bytes, truncation, a
+    damaged escape) with noise between frames: Tibber gets exactly the frames that reached
+    the wire intact, in order, byte for byte, and the node metric says meter_mode 3 (SML)."""
     import random
 
     from agent.meter.sml.simulate import SimulatedSml, damaged_stream
