@@ -7,7 +7,8 @@ Two framings share the `/` start (meters.md §8.1, §8.3)::
 
 A push telegram carries no checksum; whatever follows its `!\\r\\n` up to the next `/` is
 junk (the EasyMeter COM-1 gateway appends two lines and 33 x 0xFF). An STX frame ends one
-byte after its ETX: the BCC, any 7-bit value, `/` included, so it is never taken for a start.
+byte after its ETX: the BCC, any 7-bit value, `/` included; a `/` there is taken for the
+next frame's start only if it is not the BCC that verifies (the BCC byte was lost).
 The BCC is the XOR of every byte after STX up to and including ETX; a frame is passed on
 with `bcc_ok` saying whether it verified (the pipeline rejects it if not). The ident line
 lies before STX: the BCC does not cover it (the layout check does, see check.py).
@@ -116,7 +117,13 @@ class D0Framer:
                 pos = start + 1
                 continue
             if self._need_bcc:
-                buf.append(data[pos])
+                byte = data[pos]
+                if byte == START and bcc(buf[buf.index(STX) + 1 :]) != START:
+                    # The BCC was lost and this `/` starts the next frame (a BCC of `/`
+                    # that verifies is taken as the BCC): this one ends damaged.
+                    self._emit(out, cut=True)
+                    continue
+                buf.append(byte)
                 pos += 1
                 self._emit(out, cut=False)
                 continue

@@ -197,8 +197,8 @@ def parse(raw: bytes, stx: bool, bcc: bool) -> D0Telegram:
         if label in labels:
             raise D0Error(Reason.DUPLICATE, label)
         labels.add(label)
-        current = f is None or f == "255"
-        key = code if current else f"{code}*{f}"
+        current = f is None or int(f) == 255
+        key = code if current else f"{code}*{int(f)}"
         if key in values:
             key = f"{a}-{b}:{key}"
         pairs = _GROUP.findall(groups)
