@@ -39,7 +39,7 @@ class MeterSettings:
     port: str = "/dev/ttyUSB0"
     baudrate: int = 9600
     stale_after: float = 10.0
-    protocol: str = "ebz"  # one of PROTOCOLS
+    protocol: str = "auto"  # one of PROTOCOLS
     parity: str = "even"  # one of PARITIES; text protocols only (SML is 8N1)
 
 
@@ -154,7 +154,9 @@ BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 # What the meter sends: "ebz" is the eBZ DD3's OBIS text push (D0, 7E1, no checksum, checked
 # by the redundancy of its values); "sml" is binary SML 1.04 (8N1, CRC per frame), which
 # most modern German meters send, the eBZ's SML types included.
-PROTOCOLS = ("ebz", "sml")
+# "auto" finds which of them the stream speaks (and the text's parity), logs what it found,
+# and looks again when the stream stops making sense (agent/meter/detect.py).
+PROTOCOLS = ("auto", "ebz", "sml")
 # How the bytes of a 7E1 text meter arrive: "even" is a USB head's raw 8N1 view, bit 7 the
 # even parity bit, checked per byte; "none" is a network head that strips it and delivers
 # 7-bit bytes (a byte with bit 7 set is then damage).
@@ -362,7 +364,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "port": (parse_port, "/dev/ttyUSB0"),
         "baudrate": (_baudrate, 9600),
         "stale_after": (_seconds(1, 3600), 10.0),
-        "protocol": (_one_of(PROTOCOLS), "ebz"),
+        "protocol": (_one_of(PROTOCOLS), "auto"),
         "parity": (_one_of(PARITIES), "even"),
     },
     "tibber": {

@@ -25,7 +25,7 @@ EUI = "0f1e2d3c4b5a6978"
 VALID: dict[str, dict[str, str]] = {
     "meter": {
         "port": "/dev/ttyUSB0",
-        "protocol": "ebz",
+        "protocol": "auto",
         "baudrate": "9600",
         "parity": "even",
         "stale_after": "10",
@@ -153,9 +153,10 @@ def test_empty_values_take_the_defaults(tmp_path: Path) -> None:
 
 
 def test_protocol_parity_and_sml_suffix(tmp_path: Path) -> None:
-    """Defaults: the eBZ text with its parity bit checked; the values as given, any case."""
+    """Defaults: the protocol found from the stream, a text meter's parity bit checked; the
+    values as given, any case."""
     s = load(write(tmp_path, {}))
-    assert (s.meter.protocol, s.meter.parity) == ("ebz", "even")
+    assert (s.meter.protocol, s.meter.parity) == ("auto", "even")
     assert s.tibber is not None and s.tibber.sml_suffix == "sml"
     changes = {("meter", "protocol"): "SML", ("meter", "parity"): "None"}
     changes[("tibber", "sml_suffix")] = "SML"
@@ -163,7 +164,7 @@ def test_protocol_parity_and_sml_suffix(tmp_path: Path) -> None:
     assert (s.meter.protocol, s.meter.parity) == ("sml", "none")
     assert s.tibber is not None and s.tibber.sml_suffix == "SML"
     message = load_error(write(tmp_path, {("meter", "protocol"): "dsmr"}))
-    assert message == "[meter] protocol: must be one of ebz, sml, got 'dsmr'"
+    assert message == "[meter] protocol: must be one of auto, ebz, sml, got 'dsmr'"
 
 
 def test_home_assistant_on_the_mirror(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Protocol
 
 from ..config import MeterSettings
+from .detect import KEEP, Finding, detect
 from .pipeline import Pipeline, Result
 
 
@@ -41,8 +42,76 @@ class MeterPipeline(Protocol):
 
 
 def pipeline_for(settings: MeterSettings) -> MeterPipeline:
+    if settings.protocol == "auto":
+        return AutoPipeline()
     if settings.protocol == "sml":
         from .sml.pipeline import SmlPipeline  # an eBZ agent never loads the SML code
 
         return SmlPipeline()
     return Pipeline(parity=settings.parity)
+
+
+class _Nothing:
+    """The framer view while no protocol is known: nothing framed, nothing pending."""
+
+    pending = 0
+    last_length = 0
+    frames = 0
+
+
+class AutoPipeline:
+    """protocol = auto: the stream is kept (bounded) until detect() names its protocol, then
+    it all goes to that protocol's pipeline, so the first frame is not lost. Pure."""
+
+    def __init__(self) -> None:
+        self.finding: Finding | None = None
+        self.unreadable: Finding | None = None  # text found that no pipeline reads yet
+        self._inner: MeterPipeline | None = None
+        self._kept = bytearray()
+        self._accepted = False  # anything accepted since detection or the last resync
+        self._rejected: Counter[str] = Counter()
+
+    @property
+    def protocol(self) -> str:
+        return self._inner.protocol if self._inner is not None else "auto"
+
+    @property
+    def framer(self) -> FramerView:
+        return self._inner.framer if self._inner is not None else _Nothing()
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return self._inner.rejected if self._inner is not None else self._rejected
+
+    def wanted(self) -> int:
+        return self._inner.wanted() if self._inner is not None else 1
+
+    def resync(self) -> None:
+        """The port was reopened: after a replug, or after stale_after seconds without a
+        valid frame. If nothing was accepted since the last time, the stream has stopped
+        making sense (a head moved to another meter): detect anew. Otherwise the meter is
+        still the one found, and its pipeline keeps what it knows."""
+        if self._inner is not None and not self._accepted:
+            self._inner, self.finding = None, None
+        elif self._inner is not None:
+            self._inner.resync()
+        self._accepted = False
+        self._kept.clear()
+
+    def feed(self, wire: bytes, now: float = 0.0) -> list[Result]:
+        if self._inner is None:
+            self._kept += wire
+            del self._kept[:-KEEP]
+            finding = detect(bytes(self._kept))
+            if finding is None or not finding.protocol:
+                # Sticky: the start that showed it may scroll out of what is kept.
+                self.unreadable = finding or self.unreadable
+                return []
+            self.finding, self.unreadable = finding, None
+            settings = MeterSettings(protocol=finding.protocol, parity=finding.parity)
+            self._inner = pipeline_for(settings)
+            wire, self._kept = bytes(self._kept), bytearray()
+        results = self._inner.feed(wire, now)
+        if not self._accepted and any(r.verdict.publish for r in results):
+            self._accepted = True
+        return results

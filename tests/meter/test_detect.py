@@ -1,0 +1,108 @@
+"""protocol = auto: what the stream speaks is found from its bytes, nothing of the first
+frame is lost, and a stream that stops making sense is looked at anew."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent.meter.detect import Finding, detect
+from agent.meter.parity import encode_7e1
+from agent.meter.pipeline import Pipeline
+from agent.meter.protocols import AutoPipeline
+from agent.meter.simulator import SimulatedEbz
+from agent.meter.sml.pipeline import SmlPipeline
+from agent.meter.sml.simulate import SimulatedSml
+from tests.harness.paths import read_capture
+
+EASYMETER = "easymeter_q3da1004_v304_dsmr_parser-fixture.txt"
+
+
+def ebz_text(n: int, seed: int = 1) -> list[bytes]:
+    meter = SimulatedEbz(rng=random.Random(seed))
+    return [meter.next_telegram() for _ in range(n)]
+
+
+def sml_frames(n: int, seed: int = 1) -> list[bytes]:
+    meter = SimulatedSml(rng=random.Random(seed))
+    return [meter.next_frame() for _ in range(n)]
+
+
+def published(pipeline, wire: bytes, rng: random.Random) -> list[bytes]:
+    """Feed `wire` in random read sizes, one meter second of clock per 400 bytes."""
+    out, at = [], 0
+    while at < len(wire):
+        size = rng.randint(1, 700)
+        for r in pipeline.feed(wire[at : at + size], at / 400):
+            out += [t.raw for t in r.verdict.publish]
+        at += size
+    return out
+
+
+def test_what_each_kind_of_stream_is_found_to_be() -> None:
+    text = ebz_text(1)[0]
+    assert detect(encode_7e1(text)) == Finding("ebz", "even", "OBIS text /EBZ5DD3BZ06ETA_107 (7E1)")
+    assert detect(text) == Finding("ebz", "none", "OBIS text /EBZ5DD3BZ06ETA_107 (7 bit)")
+    assert detect(b"\x00\xff" + sml_frames(1)[0][:40]) == Finding("sml", "even", "SML 1.04 (8N1)")
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"",
+        bytes(range(256)) * 4,  # noise, e.g. a wrong baud rate
+        encode_7e1(b"/EBZ5DD3BZ06ETA_107"),  # an ident alone, not yet a telegram's start
+        b"\x1b\x1b\x1b\x1b\x01\x01\x01",  # one byte short of an SML start
+    ],
+    ids=["nothing", "noise", "ident-only", "short-sml-start"],
+)
+def test_nothing_is_found_before_a_frame_starts_clearly(stream: bytes) -> None:
+    assert detect(stream) is None
+
+
+def test_another_makers_text_is_named_and_not_read() -> None:
+    """An EasyMeter's OBIS text is text, but not what the eBZ grammar reads."""
+    finding = detect(encode_7e1(read_capture(EASYMETER)))
+    assert finding is not None and finding.protocol == ""
+    assert finding.what == "OBIS text /ESY5Q3DA1004 V3.04 (7E1)"
+    auto = AutoPipeline()
+    assert auto.feed(encode_7e1(read_capture(EASYMETER)), 0.0) == []
+    assert auto.unreadable == finding and auto.protocol == "auto"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auto_publishes_what_the_named_protocol_would_from_the_first_byte(seed: int) -> None:
+    """The same streams through protocol = auto and through the right pipeline directly:
+    the same frames published, the first included (the bytes seen while detecting are
+    not lost)."""
+    rng = random.Random(seed)
+    for wire, direct in (
+        (b"".join(encode_7e1(t) for t in ebz_text(8, seed)), Pipeline()),
+        (b"".join(ebz_text(8, seed)), Pipeline(parity="none")),
+        (b"".join(sml_frames(8, seed)), SmlPipeline()),
+    ):
+        noise = rng.randbytes(rng.randint(0, 50)).replace(b"\x1b", b"")
+        auto = AutoPipeline()
+        got = published(auto, noise + wire, random.Random(seed))
+        want = published(direct, noise + wire, random.Random(seed))
+        assert got == want and len(want) >= 6, (auto.protocol, len(got), len(want))
+        assert auto.protocol == direct.protocol
+
+
+def test_a_head_moved_to_another_meter_is_detected_anew() -> None:
+    """eBZ text first; then the head reads an SML meter: nothing of it is accepted by the
+    text pipeline, the port goes stale and is reopened (resync), and from then on the SML
+    frames are published. A plain replug of the same meter keeps its pipeline."""
+    auto = AutoPipeline()
+    rng = random.Random(3)
+    assert published(auto, b"".join(encode_7e1(t) for t in ebz_text(4)), rng)
+    assert auto.protocol == "ebz"
+    auto.resync()  # a replug while the meter was fine
+    assert auto.protocol == "ebz"
+    frames = sml_frames(6)
+    assert published(auto, b"".join(frames[:2]), rng) == []  # the text pipeline sees junk
+    auto.resync()  # stale_after without a valid frame: the reader reopens the port
+    assert auto.protocol == "auto"
+    assert published(auto, b"".join(frames[2:]), rng) == frames[2:]
+    assert auto.protocol == "sml" and auto.finding is not None
