@@ -3,7 +3,9 @@
 Two kinds of telegram, two regimes (issue 8, item 3):
 
 **BCC-verified** (STX/ETX frames: mode C readouts, ZPA). Per-byte parity and the BCC vouch
-for every byte after STX, so the frame is published as it arrives, no successor needed.
+for every byte after STX, so the frame is published as it arrives, no successor needed;
+only the very first frame waits for a second with the same layout, since its ident line
+(before STX) has neither a BCC nor a reference to vouch for it.
 What the BCC cannot vouch for is that it is the meter's *latest truth*, and the ident line
 before STX, so each frame is still held against the last accepted one (the reference):
 the same layout and ids, the seconds index grows (where sent), energy registers never fall
@@ -170,15 +172,28 @@ class D0Checker:
             why = _contradiction(ref, seen)
             if why is not None:
                 return self._challenge(seen, why, self._overrule_after)
-        if t.bcc:
-            first = "" if ref is not None else f"first reference, meter id {t.meter_id!r}"
-            return self._publish(seen, adopted or first)
+        if t.bcc and ref is not None:
+            return self._publish(seen, adopted)
+        # Checksum-less; or the first BCC frame, whose ident line (before STX) no BCC and
+        # no reference vouches for: it waits for a second frame with the same layout.
         return self._confirm(seen, adopted)
 
     # -- checksum-less: held until the successor confirms ------------------------------
 
     def _confirm(self, seen: _Seen, adopted: str) -> Verdict:
         confirmed = [c for c in self._candidates if self._confirms(c, seen) is None]
+        if seen.telegram.bcc and confirmed:
+            # BCC frames: the first reference is confirmed; this frame is vouched for by
+            # its own BCC and that reference.
+            self._drop(len(self._candidates) - 1, keep=confirmed[-1])
+            self._accept(confirmed[-1])
+            first = f"first reference, meter id {seen.telegram.meter_id!r}"
+            verdict = self._publish(seen, adopted or first)
+            return Verdict(
+                Outcome.ACCEPTED,
+                (confirmed[-1].telegram, *verdict.publish),
+                adopted=verdict.adopted,
+            )  # type: ignore[arg-type]
         published: tuple[D0Telegram, ...] = ()
         if confirmed:
             c = confirmed[-1]
@@ -201,8 +216,8 @@ class D0Checker:
         if a.key != b.key:
             return Reason.LAYOUT
         why = _contradiction(prev, new)
-        if why is not None:
-            return why
+        if why is not None or b.bcc:
+            return why  # a BCC frame's values need no neighbour
         for code, v in b.volts.items():
             old = a.volts.get(code)
             if old is not None and abs(v - old) >= UNUSUAL_VOLTAGE_STEP_DV:
