@@ -218,15 +218,16 @@ class SmlFramer:
                     self._drop(drop)
                     break
                 self._drop(at)
-                self._begin(0)
+                self._begin()
                 continue
             if not self._step(out):
                 break
         return out
 
-    def _begin(self, at: int) -> None:
-        self._start = at
-        self._scan = at + len(START)
+    def _begin(self) -> None:
+        """A frame starts at the front of the buffer."""
+        self._start = 0
+        self._scan = len(START)
         self._escaped.clear()
 
     def _hunt(self, at: int, owned: int) -> None:
@@ -274,7 +275,7 @@ class SmlFramer:
                 out, bytes(buf[start:k]), Reason.CUT_SHORT if on_grid else Reason.ALIGNMENT
             )
             del buf[:k]
-            self._begin(0)
+            self._begin()
             return True
         if (k - start) % 4:
             self._scan = k + 1  # data that happens to hold 1B1B1B1B off the grid
@@ -291,7 +292,7 @@ class SmlFramer:
             if buf[k + 8 : k + 12] == START[4:]:
                 self._damage(out, bytes(buf[start : k + 4]), Reason.CUT_SHORT)
                 del buf[: k + 4]
-                self._begin(0)
+                self._begin()
                 return True
             self._escaped.append(k - start)
             # A start may begin inside the second word only if what follows it is 1B too

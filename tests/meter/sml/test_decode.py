@@ -196,6 +196,14 @@ def test_malformed_files_raise_sml_error_with_the_reason(file: bytes, reason: Re
     assert e.value.reason is reason, e.value
 
 
+def test_a_register_by_its_short_code() -> None:
+    (r,) = readings(EBZ_FULL)
+    power = r.register("16.7.0")
+    assert power is not None and power.text() == "352.89"
+    assert r.register("1.8.0") is r.values["1-0:1.8.0*255"]
+    assert r.register("32.7.0") is None
+
+
 def test_obis_key() -> None:
     assert obis_key(bytes.fromhex("0100010800ff")) == "1-0:1.8.0*255"
     assert obis_key(bytes.fromhex("8181c78203ff")) == "129-129:199.130.3*255"
