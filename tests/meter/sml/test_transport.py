@@ -429,3 +429,33 @@ def test_byte_by_byte_costs_the_same_per_byte_for_small_and_large_frames() -> No
     per_byte_small = _cost(small_data, 1, 200) / len(small_data)
     per_byte_big = _cost(big_data, 1, 2, max_frame=1 << 20) / len(big_data)
     assert per_byte_big < 3 * per_byte_small
+
+
+def _syndromes(length: int) -> list[int]:
+    """For each single-bit error in a frame of `length` bytes (CRC bytes included), how far
+    the received CRC is off from the one computed over the received bytes. CRC-16/X-25 is
+    affine, so an error pattern goes undetected exactly when the XOR of its bits' syndromes
+    is 0, whatever the frame's content."""
+    out = []
+    for bit in range(length * 8):
+        e = bytearray(length)
+        e[bit // 8] = 0x80 >> (bit % 8)
+        out.append(crc_kermit(bytes(e[:-2])) ^ int.from_bytes(e[-2:], "little"))
+    return out
+
+
+def test_crc16_x25_catches_every_error_of_up_to_three_bits_in_frames_up_to_4_kib() -> None:
+    """Computed, not cited: the bound sml.md states. Every single-bit syndrome is nonzero
+    and has an odd number of 1 bits (the polynomial has the factor x+1), so every odd count
+    of flipped bits is caught; all are distinct, so every 2-bit error is caught too."""
+    syndromes = _syndromes(4095)  # 32760 bits: below the 32767-bit period of the polynomial
+    assert all(s and s.bit_count() % 2 for s in syndromes)
+    assert len(set(syndromes)) == len(syndromes)
+    # Every burst up to 16 bits: every nonzero pattern within 16 consecutive bits (Gray
+    # code walks all 65535 of them), at the start, the middle and the end of a frame.
+    for start in (0, 1001, 8 * 4095 - 16):
+        window = syndromes[start : start + 16]
+        acc = 0
+        for n in range(1, 1 << 16):
+            acc ^= window[(n & -n).bit_length() - 1]
+            assert acc, (start, n)
