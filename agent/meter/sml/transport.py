@@ -61,7 +61,7 @@ class Reason(StrEnum):
     """
 
     CUT_SHORT = "frame cut short by a new start"
-    ALIGNMENT = "escape off the 4-byte grid (bytes lost)"
+    ALIGNMENT = "next start off the 4-byte grid (bytes lost)"
     ESCAPE = "unknown escape sequence"
     TOO_LONG = "frame longer than the limit"
     FILL = "bad fill count or fill bytes"

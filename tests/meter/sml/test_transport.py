@@ -89,6 +89,11 @@ CAPTURES = {
 }
 
 
+def test_the_table_lists_every_sml_dump() -> None:
+    folder = telegram_file(EBZ_FULL).parent
+    assert set(CAPTURES) == {p.name for p in folder.glob("*_sml_*.hex")}
+
+
 def test_crc_check_values_and_the_worked_example() -> None:
     assert crc_x25(b"123456789") == 0x906E
     assert crc_kermit(b"123456789") == 0x2189
