@@ -223,13 +223,19 @@ def damaged_stream(
     count: int,
     rate: float,
     kinds: tuple[str, ...] = DAMAGE,
+    isolated: bool = False,
 ) -> Iterator[Sent]:
-    """`count` telegrams, each damaged with probability `rate` by one of `kinds`."""
+    """`count` telegrams, each damaged with probability `rate` by one of `kinds`; with
+    `isolated`, never two damaged in a row (the single-damage model: two independent link
+    errors in neighbouring telegrams are a second-order event)."""
+    damaged = False
     for _ in range(count):
         clean = meter.next_telegram()
-        if rng.random() >= rate:
+        if rng.random() >= rate or (isolated and damaged):
+            damaged = False
             yield Sent(clean, meter.wire(clean), "")
             continue
+        damaged = True
         kind = rng.choice(kinds)
         if kind == "bit_flip":
             yield Sent(clean, flip_bit(meter.wire(clean), rng), kind)

@@ -25,6 +25,7 @@ from agent.meter.d0.simulate import (
 from agent.meter.parity import encode_7e1
 from agent.meter.pipeline import Result
 from agent.meter.validation import ADOPT_AFTER, OVERRULE_AFTER, Outcome
+from tests.conftest import Figure
 from tests.harness.paths import split_telegrams
 from tests.meter.d0.helpers import (
     ACE3000,
@@ -157,16 +158,22 @@ def _energy(text: bytes) -> int:
     return int(m[2] + m[3])
 
 
-def _undetectable_energy(sent: list[Sent], i: int, raw: bytes) -> bool:
+def _undetectable_energy(sent: list[Sent], i: int, raw: bytes, period: float = 2.0) -> bool:
     """The documented checksum-less class: only 1.8.0 differs, and it lies between the
-    values of the nearest intact telegrams before and after."""
+    values of the nearest intact telegrams before and after (at start, with none before: at
+    most 69 kW x the gap below the one after)."""
     if _ENERGY.sub(b"", raw) != _ENERGY.sub(b"", sent[i].clean):
         return False
-    before = [s for s in sent[:i] if not s.damage]
-    after = [s for s in sent[i + 1 :] if not s.damage]
-    if not before or not after:
+    before = [j for j in range(i) if not sent[j].damage]
+    after = [j for j in range(i + 1, len(sent)) if not sent[j].damage]
+    if not after:
         return False
-    return _energy(before[-1].clean) <= _energy(raw) <= _energy(after[0].clean)
+    high = _energy(sent[after[0]].clean)
+    if before:
+        low = _energy(sent[before[-1]].clean)
+    else:  # 1e-7 kWh digits: 69 kW x the gap
+        low = high - int(69_000 * (after[0] - i) * period / 3600 * 1e7) - 1
+    return low <= _energy(raw) <= high
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -184,17 +191,55 @@ def test_damaged_bcc_frames_are_never_published(seed: int) -> None:
     assert sum(p.rejected.values()) >= sum(1 for s in sent if s.damage) - len(lost)
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(200))
 def test_damaged_checksumless_telegrams_are_never_published_beyond_the_documented_class(
     seed: int,
 ) -> None:
+    """Single damage (never two damaged telegrams in a row): what gets through is only a
+    1.8.0 between its intact neighbours (check.py's table)."""
     rng = random.Random(seed)
-    sent = list(damaged_stream(SimulatedEasyMeter(rng, gateway=seed % 2 == 0), rng, 300, 0.25))
+    meter = SimulatedEasyMeter(rng, gateway=seed % 2 == 0)
+    sent = list(damaged_stream(meter, rng, 300, 0.25, isolated=True))
     _, out, origin = _run(sent, 2.0)
     clean = {s.clean for s in sent}
     escaped = [raw for raw in out if raw not in clean]
     assert all(_undetectable_energy(sent, origin[raw], raw) for raw in escaped)
     assert len(set(out)) == len(out)
+
+
+def test_two_damaged_telegrams_in_a_row_measured(figure: Figure) -> None:
+    """Outside the single-damage model: neighbouring telegrams both damaged. Whatever gets
+    through is still only a 1.8.0 value (the phase sum, the identity and the layout hold);
+    how often one lies outside its intact neighbours is measured and recorded."""
+    damaged = escaped = outside = 0
+    for seed in range(200):
+        rng = random.Random(seed)
+        sent = list(damaged_stream(SimulatedEasyMeter(rng), rng, 300, 0.25))
+        _, out, origin = _run(sent, 2.0)
+        clean = {s.clean for s in sent}
+        damaged += sum(1 for s in sent if s.damage)
+        for raw in out:
+            if raw in clean:
+                continue
+            escaped += 1
+            i = origin[raw]
+            assert _ENERGY.sub(b"", raw) == _ENERGY.sub(b"", sent[i].clean)
+            if not _undetectable_energy(sent, i, raw):
+                outside += 1
+                assert sent[i - 1].damage or sent[i + 1].damage
+    assert outside <= escaped < damaged / 100
+    measured = (
+        f"{escaped} of {damaged} damaged telegrams published with a changed 1.8.0 "
+        f"({outside} outside their intact neighbours, each next to a second damaged one)"
+    )
+    print(f"\nD0 checksum-less, 25 % damaged, adjacent damage allowed: {measured}")
+    figure(
+        fault="D0 checksum-less push (EasyMeter-like): random damage incl. neighbours",
+        injected="200 streams x 300 telegrams, 25 % damaged (any kind), adjacent allowed",
+        measured=measured,
+        bound="only 1.8.0; between intact neighbours unless two neighbours are damaged",
+        ok=True,
+    )
 
 
 @pytest.mark.parametrize("kind", ["bit_flip", "lost_byte", "truncate", "repeat_line"])
