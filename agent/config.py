@@ -152,11 +152,12 @@ BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
 # What the meter sends: "ebz" is the eBZ DD3's OBIS text push (D0, 7E1, no checksum, checked
-# by the redundancy of its values); "sml" is binary SML 1.04 (8N1, CRC per frame), which
-# most modern German meters send, the eBZ's SML types included.
+# by the redundancy of its values); "d0" is any other maker's OBIS text (EasyMeter, Logarex,
+# ZPA: push, with or without STX/ETX and a block check; agent/meter/d0); "sml" is binary
+# SML 1.04 (8N1, CRC per frame), which most modern German meters send, eBZ SML types too.
 # "auto" finds which of them the stream speaks (and the text's parity), logs what it found,
 # and looks again when the stream stops making sense (agent/meter/detect.py).
-PROTOCOLS = ("auto", "ebz", "sml")
+PROTOCOLS = ("auto", "ebz", "d0", "sml")
 # How the bytes of a 7E1 text meter arrive: "even" is a USB head's raw 8N1 view, bit 7 the
 # even parity bit, checked per byte; "none" is a network head that strips it and delivers
 # 7-bit bytes (a byte with bit 7 set is then damage).

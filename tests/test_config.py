@@ -164,7 +164,7 @@ def test_protocol_parity_and_sml_suffix(tmp_path: Path) -> None:
     assert (s.meter.protocol, s.meter.parity) == ("sml", "none")
     assert s.tibber is not None and s.tibber.sml_suffix == "SML"
     message = load_error(write(tmp_path, {("meter", "protocol"): "dsmr"}))
-    assert message == "[meter] protocol: must be one of auto, ebz, sml, got 'dsmr'"
+    assert message == "[meter] protocol: must be one of auto, ebz, d0, sml, got 'dsmr'"
 
 
 def test_home_assistant_on_the_mirror(tmp_path: Path) -> None:

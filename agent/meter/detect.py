@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from .parity import PARITY_ERROR, decode_7bit, decode_7e1
 
 SML_START = b"\x1b\x1b\x1b\x1b\x01\x01\x01\x01"
-# An ident line followed (after an optional blank line) by an OBIS line, as every D0 meter
-# starts a telegram (meters.md §3, §8.1): "/" + 3 maker letters + a baud character + type.
-_TEXT_START = re.compile(rb"/([A-Za-z]{3}[0-9A-Za-z][ -~]{1,60})\r\n(?:\r\n)?[0-9A-Z]")
+# An ident line followed (after an optional blank line, and an STX where the meter frames
+# its data with STX/ETX) by an OBIS line, as every D0 meter starts a telegram (meters.md §3,
+# §8.1, §8.3): "/" + 3 maker letters + a baud character + type.
+_TEXT_START = re.compile(rb"/([A-Za-z]{3}[0-9A-Za-z][ -~]{1,60})\r\n(?:\r\n)?\x02?[0-9A-Z]")
 # How much of the stream is kept while nothing is found: more than two eBZ telegrams or
 # SML frames (a finding needs one start and the line after it).
 KEEP = 2048
@@ -24,7 +25,7 @@ KEEP = 2048
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    protocol: str  # [meter] protocol: "ebz", "sml" (or "" for text no pipeline reads yet)
+    protocol: str  # [meter] protocol: "ebz", "d0" or "sml"
     parity: str  # [meter] parity for text: "even" or "none"
     what: str  # for the log, e.g. "SML 1.04 (8N1)", "OBIS text /EBZ5DD3BZ06ETA_107 (7E1)"
 
@@ -39,7 +40,7 @@ def detect(stream: bytes) -> Finding | None:
         if m is None or PARITY_ERROR in text[m.start() : m.end()]:
             continue
         ident = m[1].decode("ascii")
-        # The eBZ's own grammar is strict; another maker's text waits for its own pipeline.
-        protocol = "ebz" if ident.upper().startswith("EBZ") else ""
+        # The eBZ's own grammar and checks are the strictest; other makers' text has its own.
+        protocol = "ebz" if ident.upper().startswith("EBZ") else "d0"
         return Finding(protocol, parity, f"OBIS text /{ident} ({framing})")
     return None

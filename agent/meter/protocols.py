@@ -48,6 +48,10 @@ def pipeline_for(settings: MeterSettings) -> MeterPipeline:
         from .sml.pipeline import SmlPipeline  # an eBZ agent never loads the SML code
 
         return SmlPipeline()
+    if settings.protocol == "d0":
+        from .d0.pipeline import D0Pipeline
+
+        return D0Pipeline(parity=settings.parity, baud=settings.baudrate)
     return Pipeline(parity=settings.parity)
 
 
@@ -65,7 +69,6 @@ class AutoPipeline:
 
     def __init__(self) -> None:
         self.finding: Finding | None = None
-        self.unreadable: Finding | None = None  # text found that no pipeline reads yet
         self._inner: MeterPipeline | None = None
         self._kept = bytearray()
         self._accepted = False  # anything accepted since detection or the last resync
@@ -103,11 +106,9 @@ class AutoPipeline:
             self._kept += wire
             del self._kept[:-KEEP]
             finding = detect(bytes(self._kept))
-            if finding is None or not finding.protocol:
-                # Sticky: the start that showed it may scroll out of what is kept.
-                self.unreadable = finding or self.unreadable
+            if finding is None:
                 return []
-            self.finding, self.unreadable = finding, None
+            self.finding = finding
             settings = MeterSettings(protocol=finding.protocol, parity=finding.parity)
             self._inner = pipeline_for(settings)
             wire, self._kept = bytes(self._kept), bytearray()

@@ -16,7 +16,6 @@ from typing import Protocol
 from ..config import MeterSettings
 from ..schedule import Backoff
 from ..state import MeterHealth, MeterState
-from .detect import Finding
 from .pacing import Pacing
 from .pipeline import RejectionLog, Result
 from .port import PORT_ERRORS, MeterPort, PortClosed, PortLost, expected_read_time
@@ -71,7 +70,6 @@ class MeterReader:
         self._held_at = 0.0
         self._pacing = Pacing()
         self._last_framed = 0.0
-        self._unreadable: Finding | None = None  # what protocol auto found and cannot read
         self.state.port = settings.port
         self.state.protocol = self.pipeline.protocol
         self.state.heartbeat = clock()
@@ -183,15 +181,6 @@ class MeterReader:
             self._handle(result, now)
         if self.pipeline.protocol != self.state.protocol:
             self._detected()
-        unreadable = getattr(self.pipeline, "unreadable", None)
-        if unreadable is not None and unreadable != self._unreadable:
-            log.warning(
-                "meter: found %s, which protocol auto cannot read yet (it reads eBZ text and SML)",
-                unreadable.what,
-            )
-        if unreadable is not None:
-            self._last_framed = now  # bytes that make sense, just not to this agent
-        self._unreadable = unreadable
 
     def _detected(self) -> None:
         """protocol = auto found (or lost) the meter's protocol: say so once."""
@@ -233,8 +222,6 @@ class MeterReader:
             self._set_health(MeterHealth.OK, "")
 
     def _main_rejection(self) -> str:
-        if self._unreadable is not None:
-            return f"{self._unreadable.what}: a protocol this agent cannot read"
         rejected = self.pipeline.rejected
         if not rejected:
             return "telegrams arrive but none is complete"

@@ -32,15 +32,20 @@ def obis_stream(raw: bytes) -> bytes:
 def reading_message(topics: Topics, reading: Reading) -> tuple[str, bytes]:
     """Where and how the bridge forwards one reading: OBIS text on obis_stream without the
     blank line; an SML transport frame on sml, binary and whole (tibber-bridge.md §4.3:
-    reported)."""
+    reported); text framed with STX/ETX and a verified BCC on iec, whole."""
     if reading.protocol == "sml":
         return topics.sml, reading.raw
+    if getattr(reading, "bcc", False):
+        # STX/ETX text whose block check verified: the bridge keeps blank line, STX, ETX
+        # and BCC (tibber-bridge.md §4.2, a ZPA GH305; the MQTT topic inferred).
+        return topics.iec, reading.raw
     return topics.obis_stream, obis_stream(reading.raw)
 
 
 # The node's meter_mode (its param 27; MARQ-C's enum: 1 IEC 62056-21, 2 Logarex, 3 SML 1.04):
-# 3 is what SML meters' nodes report, 4 what the one eBZ text capture shows (EGY-J).
-METER_MODES = {"ebz": 4, "sml": 3}
+# 3 is what SML meters' nodes report, 4 what the one eBZ text capture shows (EGY-J); other
+# makers' OBIS text is IEC 62056-21 (D0 push is its mode D): 1, inferred, no capture shows it.
+METER_MODES = {"ebz": 4, "d0": 1, "sml": 3}
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Topics:
     node_metric: str
     obis_stream: str
     sml: str
+    iec: str
     receive: str
 
     @classmethod
@@ -61,6 +67,7 @@ class Topics:
             node_metric=f"{base}/TFD01/{s.eui}/metric",
             obis_stream=f"{base}/TFD01/{s.eui}/obis_stream",
             sml=f"{base}/TFD01/{s.eui}/{s.sml_suffix}",
+            iec=f"{base}/TFD01/{s.eui}/iec",
             receive=s.receive_topic,
         )
 

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from agent.meter.d0.simulate import SimulatedZpa
 from agent.meter.detect import Finding, detect
 from agent.meter.parity import encode_7e1
 from agent.meter.pipeline import Pipeline
@@ -45,6 +46,8 @@ def test_what_each_kind_of_stream_is_found_to_be() -> None:
     assert detect(encode_7e1(text)) == Finding("ebz", "even", "OBIS text /EBZ5DD3BZ06ETA_107 (7E1)")
     assert detect(text) == Finding("ebz", "none", "OBIS text /EBZ5DD3BZ06ETA_107 (7 bit)")
     assert detect(b"\x00\xff" + sml_frames(1)[0][:40]) == Finding("sml", "even", "SML 1.04 (8N1)")
+    zpa = SimulatedZpa(rng=random.Random(1)).next_telegram()  # STX after the ident line
+    assert detect(encode_7e1(zpa)) == Finding("d0", "even", "OBIS text /ZPA5SIM305.v100 (7E1)")
 
 
 @pytest.mark.parametrize(
@@ -61,14 +64,14 @@ def test_nothing_is_found_before_a_frame_starts_clearly(stream: bytes) -> None:
     assert detect(stream) is None
 
 
-def test_another_makers_text_is_named_and_not_read() -> None:
-    """An EasyMeter's OBIS text is text, but not what the eBZ grammar reads."""
+def test_another_makers_text_goes_to_the_d0_pipeline() -> None:
+    """An EasyMeter's OBIS text is found as text of another maker than eBZ: the generic D0
+    pipeline reads it (the eBZ's grammar and checks stay for eBZ idents only)."""
     finding = detect(encode_7e1(read_capture(EASYMETER)))
-    assert finding is not None and finding.protocol == ""
-    assert finding.what == "OBIS text /ESY5Q3DA1004 V3.04 (7E1)"
+    assert finding == Finding("d0", "even", "OBIS text /ESY5Q3DA1004 V3.04 (7E1)")
     auto = AutoPipeline()
-    assert auto.feed(encode_7e1(read_capture(EASYMETER)), 0.0) == []
-    assert auto.unreadable == finding and auto.protocol == "auto"
+    auto.feed(encode_7e1(read_capture(EASYMETER)), 0.0)
+    assert auto.protocol == "d0"
 
 
 @pytest.mark.parametrize("seed", range(5))
