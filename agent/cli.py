@@ -287,7 +287,16 @@ def _monitor(path: Path, port: str | None, out: Output) -> int:
         meter = load(path, need_tibber=False).meter
     if port:
         meter = dataclasses.replace(meter, port=port)
-    reader = MeterReader(meter, MeterState(), [], on_result=lambda r: _print_result(r, out))
+    found: list[object] = [None]
+
+    def show(r: Result) -> None:
+        finding = getattr(reader.pipeline, "finding", None)
+        if finding is not None and finding is not found[0]:
+            out.line(f"found {finding.what}: reading it as protocol {finding.protocol}")
+        found[0] = finding
+        _print_result(r, out)
+
+    reader = MeterReader(meter, MeterState(), [], on_result=show)
     out.line(
         f"monitoring {meter.port}, protocol {meter.protocol} at {meter.baudrate} baud "
         "(Ctrl-C to stop); nothing is published"
@@ -302,6 +311,11 @@ def _monitor(path: Path, port: str | None, out: Output) -> int:
     return EX_OUTPUT_CLOSED if out.closed.is_set() else 0
 
 
+# What `monitor` shows of each reading, where the meter sends it: energy in and out, total
+# power (16.7.0 on eBZ and SML meters, 1.7.0 on EasyMeters), L1's voltage, the seconds index.
+MONITORED = ("1.8.0", "2.8.0", "16.7.0", "1.7.0", "32.7.0", "96.8.0")
+
+
 def _print_result(r: Result, out: Output) -> None:
     v = r.verdict
     t = r.telegram
@@ -310,11 +324,7 @@ def _print_result(r: Result, out: Output) -> None:
         out.line(f"{when} rejected: {v.reason} ({len(r.raw)} bytes)")
         return
     vals = t.values
-    shown = "  ".join(
-        f"{code}={vals[code]}"
-        for code in ("1.8.0", "2.8.0", "16.7.0", "32.7.0", "96.8.0")
-        if code in vals
-    )
+    shown = "  ".join(f"{code}={vals[code]}" for code in MONITORED if code in vals)
     verdict = v.outcome.value + (f": {v.reason}" if v.reason else "")
     if v.adopted:
         verdict += f" (adopted {v.adopted})"

@@ -140,11 +140,39 @@ def test_monitor_prints_values_and_verdicts(agent_config, pushing_meter):
         text=True,
     )
     try:
-        lines = [proc.stdout.readline() for _ in range(4)]
+        lines = [proc.stdout.readline() for _ in range(5)]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=5)
     assert proc.returncode == 0
-    assert lines[0].startswith("monitoring ")
-    assert "held" in lines[1] and "1.8.0=005267.0" in lines[1]
-    assert "accepted" in lines[2] and "96.8.0=" in lines[2]
+    assert lines[0].startswith("monitoring ") and "protocol auto at 9600 baud" in lines[0]
+    assert lines[1] == "found OBIS text /EBZ5DD3BZ06ETA_107 (7E1): reading it as protocol ebz\n"
+    assert "held" in lines[2] and "1.8.0=005267.0" in lines[2]
+    assert "accepted" in lines[3] and "96.8.0=" in lines[3]
+
+
+def test_monitor_names_an_sml_meter_and_shows_its_values(agent_config, pty_meter):
+    """An SML meter: monitor says what it found and shows the decoded values of each frame
+    (energy in kWh from the frame's Wh and scaler, power in W)."""
+    import random
+
+    from agent.meter.sml.simulate import SimulatedSml
+
+    meter = SimulatedSml(rng=random.Random(9), export_kwh=None)
+    pty_meter.start_pushing(meter.next_frame, period=0.5)
+    path = agent_config.write()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "-c", str(path), "monitor"],
+        env=ENV,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=5)
+    assert lines[1] == "found SML 1.04 (8N1): reading it as protocol sml\n"
+    assert "accepted" in lines[2] and "1.8.0=4500.9" in lines[2] and "16.7.0=" in lines[2]
