@@ -32,8 +32,9 @@ Adoption: a new layout or id is adopted after ADOPT_AFTER telegrams in a row car
 each consistent with the one before; a run of OVERRULE_AFTER that contradicts the reference
 replaces it; a phase sum that fails OVERRULE_AFTER times in a row on otherwise consistent
 telegrams is dropped for that layout (an exporting meter signing its phases differently
-than the captures show), and a value that changes in VOLATILE_AFTER telegrams in a row (a
-clock) is no longer compared: the agent never stays stuck. Both say so once (`adopted`).
+than the captures show), and a value that differs from the reference in VOLATILE_AFTER
+telegrams in a row (a clock) is no longer compared: the agent never stays stuck. Both say
+so once (`adopted`).
 
 Every line, what checks it, and what damage no check can see. "Damage" is the model of
 agent/meter/validation.py: one changed, lost or repeated byte or line, a cut, any digit,
@@ -114,8 +115,8 @@ PHASE_SUMS: dict[str, tuple[str, tuple[str, str, str]]] = {
 # Held telegrams kept waiting for a confirmation: the newest few (two damaged neighbours
 # and the clean one between them).
 MAX_CANDIDATES = 3
-# A value that differs from its predecessor this many telegrams in a row changes by itself
-# (a clock): one damaged value makes at most two such differences.
+# A value that differs from the reference this many telegrams in a row changes by itself
+# (a clock): a damaged value differs in its own telegram only.
 VOLATILE_AFTER = 3
 _MAX_POWER = Decimal(MAX_POWER_W)
 _WS_PER_KWH = Decimal(3_600_000)
@@ -237,17 +238,19 @@ class D0Checker:
         return None
 
     def _learn(self, seen: _Seen) -> str:
-        """Count, per compared value, how many telegrams in a row changed it; a value that
-        keeps changing is a clock, not damage: stop comparing it (said once)."""
-        last, self._last = self._last, seen
-        if last is None or last.telegram.key != seen.telegram.key:
-            self._changes.clear()
+        """Count, per compared value, how many telegrams in a row differ from the reference
+        (before there is one: from the telegram before); a value that keeps changing is a
+        clock, not damage: stop comparing it (said once). A damaged value differs in one
+        telegram, so only VOLATILE_AFTER damaged telegrams in a row could mark one."""
+        base = self._reference or self._last
+        self._last = seen
+        if base is None or base.telegram.key != seen.telegram.key:
             return ""
         new = []
         for code in _compared(seen.telegram):
             if code in self.volatile:
                 continue
-            if last.telegram.values.get(code) != seen.telegram.values[code]:
+            if base.telegram.values.get(code) != seen.telegram.values[code]:
                 self._changes[code] += 1
                 if self._changes[code] >= VOLATILE_AFTER:
                     self.volatile.add(code)

@@ -348,6 +348,23 @@ def test_a_status_change_waits_for_its_successor() -> None:
     # confirmed by texts[6].
 
 
+def test_two_damaged_status_words_in_a_row_do_not_make_it_a_clock() -> None:
+    """Volatility counts differences from the reference, so damage in two neighbouring
+    telegrams (80 -> 81, 82, then 80 again) does not stop the status being compared: a
+    later damaged status is still held back."""
+    meter = _esy()
+    texts = [meter.next_telegram() for _ in range(3)]
+    texts.append(meter.next_telegram().replace(b"(80)", b"(81)"))
+    texts.append(meter.next_telegram().replace(b"(80)", b"(82)"))
+    texts += [meter.next_telegram() for _ in range(3)]
+    odd = meter.next_telegram().replace(b"(80)", b"(83)")
+    texts += [odd] + [meter.next_telegram() for _ in range(2)]
+    p = D0Pipeline()
+    out = published(_feed(p, texts))
+    assert p.checker.volatile == set()
+    assert all(b"(80)" in t for t in out) and odd not in out
+
+
 def test_energy_that_falls_or_outruns_69_kw_is_rejected() -> None:
     meter = _esy()
     texts = [meter.next_telegram() for _ in range(4)]
