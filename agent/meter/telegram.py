@@ -218,7 +218,11 @@ def _parse_lines(raw: bytes) -> tuple[Telegram, tuple[_Field, ...]]:
         m = _LINE.fullmatch(line)
         if m is None:
             raise TelegramError(Reason.GRAMMAR, line[:40].decode("ascii", "replace"))
-        a, b, c, d, e, f, value_b, unit_b = (g.decode("ascii") if g else None for g in m.groups())
+        # An empty value stays "" (damage for every kind that has a grammar); only an absent
+        # unit is None.
+        a, b, c, d, e, f, value_b, unit_b = (
+            g.decode("ascii") if g is not None else None for g in m.groups()
+        )
         cde = f"{int(c)}.{int(d)}.{int(e)}"
         if cde in seen:
             raise TelegramError(Reason.DUPLICATE, cde)

@@ -383,3 +383,25 @@ def test_no_capture_line_contains_a_slash() -> None:
         for raw in capture_telegrams(name):
             assert raw.count(b"/") == 1 and raw.startswith(b"/")
             assert re.fullmatch(rb"[\x20-\x7e\r\n]*", raw)
+
+
+def test_a_value_lost_between_its_brackets_is_a_telegram_error_never_a_crash() -> None:
+    """Bytes lost exactly across one value leave "()" or "(*W)": on every line of a real
+    telegram that is a rejection with a reason, never another exception (which would end
+    the meter thread: exit 70 and a restart loop while the damage lasts)."""
+    import re as _re
+
+    from agent.meter.telegram import TelegramError, parse
+    from tests.harness.paths import read_capture, split_telegrams
+
+    raw = split_telegrams(read_capture("ebz_dd3_bz06eta_msb_ahpohl-smartmeter_7telegrams.txt"))[0]
+    values = list(_re.finditer(rb"\(([^()*]*)(\*[A-Za-z]+)?\)", raw))
+    assert len(values) >= 10
+    for m in values:
+        damaged = raw[: m.start(1)] + raw[m.end(1) :]  # the value gone, its unit kept
+        try:
+            parse(damaged)
+        except TelegramError:
+            continue
+        line = damaged[damaged.rfind(b"\n", 0, m.start()) + 1 : m.start()]
+        raise AssertionError(f"accepted with an empty value: {line!r}")
