@@ -98,7 +98,8 @@ def json_number(text: str) -> str:
 @dataclass(frozen=True)
 class Topics:
     discovery_prefix: str  # Home Assistant's, "homeassistant" unless the user changed it
-    node: str  # this agent: the bridge id it stands in for
+    node: str  # this meter's node: the bridge id, or "<bridge id>/<NAME>" of a [meter:NAME]
+    agent: str = ""  # the agent (its bridge id) where node is one of several: availability
 
     @property
     def base(self) -> str:
@@ -110,8 +111,9 @@ class Topics:
 
     @property
     def availability(self) -> str:
-        """Known before the meter is: it is the last will, set before connecting."""
-        return f"{self.base}/availability"
+        """Known before the meter is: it is the last will, set before connecting; one for
+        the agent, whatever its meters."""
+        return f"{TOPIC_ROOT}/{self.agent or self.node}/availability"
 
     def config(self, unique_id: str) -> str:
         return f"{self.discovery_prefix}/sensor/{unique_id}/config"
@@ -180,8 +182,8 @@ class Announcement:
 class Discovery:
     """Announcements for the telegrams of whichever layout and meter the agent adopted."""
 
-    def __init__(self, discovery_prefix: str, node: str, interval: float) -> None:
-        self.topics = Topics(discovery_prefix, node)
+    def __init__(self, discovery_prefix: str, node: str, interval: float, agent: str = "") -> None:
+        self.topics = Topics(discovery_prefix, node, agent)
         self.expire_after = max(EXPIRE_FLOOR, math.ceil(EXPIRE_INTERVALS * interval))
 
     def announcement(self, t: Reading) -> Announcement:
@@ -190,7 +192,7 @@ class Discovery:
         units = _units(t.layout)
         sensors = tuple(s for s in SENSORS if units.get(s.code) == s.unit)
         # Unique ids from the meter's id: the same sensors after a reinstall or a new Pi.
-        stem = f"{TOPIC_ROOT.replace('-', '_')}_{t.meter_id or self.topics.node}"
+        stem = f"{TOPIC_ROOT.replace('-', '_')}_{t.meter_id or self.topics.node.replace('/', '_')}"
         if t.protocol == "sml":
             device = _sml_device(t.meter_id, stem)
         else:
@@ -199,11 +201,12 @@ class Discovery:
 
 
 def _units(layout: tuple[str, ...]) -> dict[str, str]:
-    """OBIS C.D.E -> unit, from the layout's "A-B:C.D.E*F shape unit" entries."""
+    """OBIS C.D.E -> unit, from the layout's "[A-B:]C.D.E[*F] shape unit" entries."""
     units = {}
     for entry in layout[1:]:
         label, unit = entry.split(" ", 1)[0], entry.rsplit(" ", 1)[1]
-        units[label.split(":", 1)[1].split("*", 1)[0]] = unit
+        # A-B: and *F are optional in other makers' text (1.8.0(...), 1-0:1.8.0*255(...)).
+        units[label.rpartition(":")[2].partition("*")[0]] = unit
     return units
 
 

@@ -217,3 +217,28 @@ def test_another_meter_is_another_device() -> None:
     new = d.announcement(parse(simulated(meter_id="1EBZ0100000002").next_telegram()))
     assert not set(old.config_topics()) & set(new.config_topics())
     assert len(old.removals(new)) == len(old.sensors)
+
+
+def test_other_makers_text_without_a_b_or_f_groups_is_announced() -> None:
+    """A D0 meter's lines may lack the A-B: and *F groups ("1.8.0(...)"): its sensors are
+    announced like an eBZ's, and the state carries their values (found by review: the
+    announcement raised IndexError in the meter thread)."""
+    from agent.meter.d0.pipeline import D0Pipeline
+    from agent.meter.parity import encode_7e1
+
+    def telegram(kwh: float) -> bytes:
+        return f"/ZPA5GH305\r\n\r\n1.8.0({kwh:010.3f}*kWh)\r\n16.7.0(000123*W)\r\n!\r\n".encode()
+
+    pipeline = D0Pipeline()
+    published = [
+        t
+        for i in range(4)
+        for r in pipeline.feed(encode_7e1(telegram(100 + i * 0.001)), 1.0 + 2 * i)
+        for t in r.verdict.publish
+    ]
+    assert published
+    announcement = Discovery("homeassistant", "node", 2.0).announcement(published[-1])
+    assert [s.key for s in announcement.sensors] == ["energy_import", "power"]
+    last = published[-1]  # the newest telegram waits for its successor
+    assert last.values["1.8.0"] == "000100.002"
+    assert json.loads(announcement.state(last.values)) == {"energy_import": 100.002, "power": 123}
