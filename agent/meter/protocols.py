@@ -7,6 +7,7 @@ paces its reads by the pipeline's framer and hands accepted readings to the outl
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Protocol
 
 from ..config import MeterSettings
@@ -43,7 +44,7 @@ class MeterPipeline(Protocol):
 
 def pipeline_for(settings: MeterSettings) -> MeterPipeline:
     if settings.protocol == "auto":
-        return AutoPipeline()
+        return AutoPipeline(settings.baudrate)
     if settings.protocol == "sml":
         from .sml.pipeline import SmlPipeline  # an eBZ agent never loads the SML code
 
@@ -63,15 +64,26 @@ class _Nothing:
     frames = 0
 
 
+# Bytes of the kept stream looked at again with each read: enough for a start that straddles
+# two reads (an ident line of up to 64 characters and what follows it).
+OVERLAP = 96
+# An eBZ ident whose telegrams the eBZ grammar accepted nothing of through this many
+# stale reopens is read by the generic text pipeline instead (a layout the strict eBZ
+# grammar does not know), and the other way round: the agent never stays stuck on one.
+EBZ_GIVES_UP_AFTER = 2
+
+
 class AutoPipeline:
     """protocol = auto: the stream is kept (bounded) until detect() names its protocol, then
     it all goes to that protocol's pipeline, so the first frame is not lost. Pure."""
 
-    def __init__(self) -> None:
+    def __init__(self, baudrate: int = 9600) -> None:
+        self.baudrate = baudrate
         self.finding: Finding | None = None
         self._inner: MeterPipeline | None = None
         self._kept = bytearray()
-        self._accepted = False  # anything accepted since detection or the last resync
+        self._accepted = False  # anything accepted since the protocol was found
+        self._fruitless = 0  # stale reopens in a row with nothing accepted (eBZ idents)
         self._rejected: Counter[str] = Counter()
 
     @property
@@ -90,29 +102,43 @@ class AutoPipeline:
         return self._inner.wanted() if self._inner is not None else 1
 
     def resync(self) -> None:
-        """The port was reopened: after a replug, or after stale_after seconds without a
-        valid frame. If nothing was accepted since the last time, the stream has stopped
-        making sense (a head moved to another meter): detect anew. Otherwise the meter is
-        still the one found, and its pipeline keeps what it knows."""
-        if self._inner is not None and not self._accepted:
-            self._inner, self.finding = None, None
-        elif self._inner is not None:
+        """The port was reopened (a replug, a dropped network head): the meter is still the
+        one found, and its pipeline keeps what it knows."""
+        if self._inner is not None:
             self._inner.resync()
-        self._accepted = False
+        self._kept.clear()
+
+    def stale(self) -> None:
+        """Nothing valid came for stale_after seconds (the reader reopened the port): the
+        meter may not be what it was (a head moved to another one). Detect anew."""
+        if self._inner is not None and not self._accepted:
+            self._fruitless += 1
+        else:
+            self._fruitless = 0
+        self._inner, self.finding, self._accepted = None, None, False
         self._kept.clear()
 
     def feed(self, wire: bytes, now: float = 0.0) -> list[Result]:
         if self._inner is None:
             self._kept += wire
             del self._kept[:-KEEP]
-            finding = detect(bytes(self._kept))
+            # Only what is new (and a start straddling the previous read) is looked at.
+            finding = detect(bytes(self._kept[-(len(wire) + OVERLAP) :]))
             if finding is None:
                 return []
+            if finding.protocol == "ebz" and (self._fruitless // EBZ_GIVES_UP_AFTER) % 2:
+                # Turns about: eBZ, generic text, eBZ ... while neither accepts anything.
+                finding = replace(
+                    finding, protocol="d0", what=f"{finding.what}, which ebz read nothing of"
+                )
             self.finding = finding
-            settings = MeterSettings(protocol=finding.protocol, parity=finding.parity)
+            settings = MeterSettings(
+                protocol=finding.protocol, parity=finding.parity, baudrate=self.baudrate
+            )
             self._inner = pipeline_for(settings)
             wire, self._kept = bytes(self._kept), bytearray()
         results = self._inner.feed(wire, now)
         if not self._accepted and any(r.verdict.publish for r in results):
             self._accepted = True
+            self._fruitless = 0
         return results

@@ -19,7 +19,7 @@ from ..state import MeterHealth, MeterState
 from .pacing import Pacing
 from .pipeline import RejectionLog, Result
 from .port import PORT_ERRORS, MeterPort, PortClosed, PortLost, expected_read_time
-from .protocols import MeterPipeline, pipeline_for
+from .protocols import AutoPipeline, MeterPipeline, pipeline_for
 from .reading import Reading
 from .validation import Outcome
 
@@ -55,7 +55,9 @@ class MeterReader:
         on_change: Callable[[], None] = lambda: None,
         on_result: Callable[[Result], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "meter",
     ) -> None:
+        self.name = name  # its thread's name: "meter", or "meter:NAME" of a [meter:NAME]
         self.settings = settings
         self.state = state
         self.outlets = list(outlets)
@@ -75,7 +77,7 @@ class MeterReader:
         self.state.heartbeat = clock()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="meter", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -103,10 +105,12 @@ class MeterReader:
                 self._stop.wait(min(backoff.delay(), IDLE_READ))
                 continue
             self._port = port
-            log.info("meter: reading %s", self.settings.port)
+            log.info("%s: reading %s", self.name, self.settings.port)
             accepted_before = self.state.accepted
+            stale = False
             try:
                 self._read(port)
+                stale = True  # it returns when nothing valid came for stale_after
             except PortClosed:
                 break
             except PortLost as e:
@@ -115,12 +119,14 @@ class MeterReader:
                 # ends the thread, and the supervisor the agent (exit 70, systemd restarts
                 # it), rather than passing for a lost port.
                 self._set_health(MeterHealth.PORT_MISSING, str(e))
-                log.warning("meter: %s lost (%s); reopening", self.settings.port, e)
+                log.warning("%s: %s lost (%s); reopening", self.name, self.settings.port, e)
             finally:
                 self._port = None
                 port.close()
             # Reopened (lost, or silent for stale_after): the stream restarts mid-telegram.
             self.pipeline.resync()
+            if stale and isinstance(self.pipeline, AutoPipeline):
+                self.pipeline.stale()  # the stream made no sense: what is the meter now?
             self._pacing.lost()
             if self.state.accepted > accepted_before:
                 backoff.succeeded()
@@ -138,7 +144,8 @@ class MeterReader:
             if now - last_good >= self.settings.stale_after:
                 self._set_health(MeterHealth.NO_DATA, f"nothing valid for {now - last_good:.0f} s")
                 log.warning(
-                    "meter: no valid telegram for %.0f s; reopening %s",
+                    "%s: no valid telegram for %.0f s; reopening %s",
+                    self.name,
                     now - last_good,
                     self.settings.port,
                 )
@@ -172,7 +179,7 @@ class MeterReader:
                     self._pacing.started(now, framer.pending)
             line = self.rejections.tick(self._clock())
             if line:
-                log.warning("meter: %s", line)
+                log.warning("%s: %s", self.name, line)
 
     def feed(self, data: bytes) -> None:
         """Feed bytes through the pipeline and act on each result (also used by `demo`)."""
@@ -187,9 +194,13 @@ class MeterReader:
         self.state.protocol = self.pipeline.protocol
         finding = getattr(self.pipeline, "finding", None)
         if finding is not None:
-            log.info("meter: found %s; reading it as protocol %s", finding.what, finding.protocol)
+            log.info(
+                "%s: found %s; reading it as protocol %s", self.name, finding.what, finding.protocol
+            )
         else:
-            log.warning("meter: the stream stopped making sense; detecting the protocol anew")
+            log.warning(
+                "%s: the stream stopped making sense; detecting the protocol anew", self.name
+            )
 
     def _handle(self, result: Result, now: float) -> None:
         s = self.state
@@ -199,7 +210,7 @@ class MeterReader:
         if self._on_result is not None:
             self._on_result(result)
         if verdict.adopted:
-            log.warning("meter: adopted %s", verdict.adopted)
+            log.warning("%s: adopted %s", self.name, verdict.adopted)
         if verdict.publish:
             # A confirmed held telegram goes out with the time it arrived: outlets drop
             # what has grown too old.
@@ -215,7 +226,7 @@ class MeterReader:
             assert verdict.reason is not None
             line = self.rejections.add(verdict.reason, now)
             if line:
-                log.warning("meter: %s", line)
+                log.warning("%s: %s", self.name, line)
         elif verdict.outcome is Outcome.HELD:
             self._held_at = now
         else:
@@ -231,16 +242,16 @@ class MeterReader:
     def _flush_rejections(self) -> None:
         line = self.rejections.flush(self._clock())
         if line:
-            log.warning("meter: %s", line)
+            log.warning("%s: %s", self.name, line)
 
     def _set_health(self, health: MeterHealth, detail: str) -> None:
         s = self.state
         if s.health is health and s.detail == detail:
             return
         if health is MeterHealth.OK:
-            log.info("meter: ok, telegrams accepted")
+            log.info("%s: ok, telegrams accepted", self.name)
         elif health is not s.health:
-            log.warning("meter: %s%s", health, f" ({detail})" if detail else "")
+            log.warning("%s: %s%s", self.name, health, f" ({detail})" if detail else "")
         s.health, s.detail = health, detail
         self._on_change()
 

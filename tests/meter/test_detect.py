@@ -94,18 +94,53 @@ def test_auto_publishes_what_the_named_protocol_would_from_the_first_byte(seed: 
 
 
 def test_a_head_moved_to_another_meter_is_detected_anew() -> None:
-    """eBZ text first; then the head reads an SML meter: nothing of it is accepted by the
-    text pipeline, the port goes stale and is reopened (resync), and from then on the SML
-    frames are published. A plain replug of the same meter keeps its pipeline."""
+    """eBZ text first; a replug (resync) keeps its pipeline. Then the head reads an SML
+    meter: the text pipeline accepts nothing, the port goes stale and is reopened (stale),
+    and from then on the SML frames are published."""
     auto = AutoPipeline()
     rng = random.Random(3)
     assert published(auto, b"".join(encode_7e1(t) for t in ebz_text(4)), rng)
     assert auto.protocol == "ebz"
-    auto.resync()  # a replug while the meter was fine
+    auto.resync()  # a replug or a dropped network head: the same meter
     assert auto.protocol == "ebz"
     frames = sml_frames(6)
     assert published(auto, b"".join(frames[:2]), rng) == []  # the text pipeline sees junk
-    auto.resync()  # stale_after without a valid frame: the reader reopens the port
+    auto.resync()
+    auto.stale()  # stale_after without a valid frame: the reader reopens the port
     assert auto.protocol == "auto"
     assert published(auto, b"".join(frames[2:]), rng) == frames[2:]
     assert auto.protocol == "sml" and auto.finding is not None
+
+
+def test_an_ebz_layout_the_ebz_grammar_refuses_turns_to_the_generic_text_pipeline() -> None:
+    """An eBZ ident whose telegrams the strict eBZ grammar rejects (here: a line with a
+    letter code) is read by the generic D0 pipeline after two stale reopens with nothing
+    accepted, and the log says why: never stuck on the eBZ pipeline."""
+    texts = [
+        t.replace(b"\r\n!\r\n", b"\r\n0-0:C.1.0*255(00000001)\r\n!\r\n")
+        for t in ebz_text(8, seed=4)
+    ]  # a line with a letter code, which the eBZ grammar does not know
+    wire = b"".join(encode_7e1(t) for t in texts)
+    auto = AutoPipeline()
+    rng = random.Random(1)
+    protocols, found = [], []
+    for _ in range(3):
+        got = published(auto, wire, rng)
+        protocols.append((auto.protocol, bool(got)))
+        found.append(auto.finding.what if auto.finding else "")
+        auto.stale()
+    assert protocols == [("ebz", False), ("ebz", False), ("d0", True)], protocols
+    assert found[2].endswith("(7E1), which ebz read nothing of"), found
+
+
+def test_a_start_split_across_reads_is_found_one_byte_at_a_time() -> None:
+    """Only new bytes (and a start straddling the last read) are looked at: an ident fed
+    one byte per read is found all the same, and the first telegram is not lost."""
+    texts = ebz_text(4)
+    wire = b"".join(encode_7e1(t) for t in texts)
+    auto, out = AutoPipeline(), []
+    for i in range(len(wire)):
+        for r in auto.feed(wire[i : i + 1], i / 400):
+            out += [t.raw for t in r.verdict.publish]
+    direct = [t.raw for r in Pipeline().feed(wire, 0.0) for t in r.verdict.publish]
+    assert out == direct and auto.protocol == "ebz"
