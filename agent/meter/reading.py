@@ -18,6 +18,11 @@ class Reading(Protocol):
         ...
 
     @property
+    def bcc(self) -> bool:
+        """Text framed with STX/ETX whose block check verified (it goes whole to iec)."""
+        ...
+
+    @property
     def raw(self) -> bytes:
         """The frame as received (text: parity-stripped; SML: the whole transport frame)."""
         ...

@@ -96,6 +96,7 @@ class TariffSum(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Telegram:
     protocol: ClassVar[str] = "ebz"
+    bcc: ClassVar[bool] = False  # no block check: the eBZ's text has none
     raw: bytes  # as framed: parity-stripped 7-bit ASCII, blank line included
     ident: str  # "/EBZ5DD3BZ06ETA_107"
     values: dict[str, str]  # "1.8.0" -> "005267.03049619" (C.D.E; A-B and F are in the layout)

@@ -35,7 +35,7 @@ def reading_message(topics: Topics, reading: Reading) -> tuple[str, bytes]:
     reported); text framed with STX/ETX and a verified BCC on iec, whole."""
     if reading.protocol == "sml":
         return topics.sml, reading.raw
-    if getattr(reading, "bcc", False):
+    if reading.bcc:
         # STX/ETX text whose block check verified: the bridge keeps blank line, STX, ETX
         # and BCC (tibber-bridge.md §4.2, a ZPA GH305; the MQTT topic inferred).
         return topics.iec, reading.raw
@@ -87,6 +87,15 @@ class HostInfo:
 
 
 @dataclass(frozen=True)
+class NodeSnapshot:
+    """One node in the bridge's `nodes` list."""
+
+    eui: str
+    since_last_telegram: float | None  # seconds; None = none yet
+    published: int  # readings sent in the interval
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The agent's state at the moment a metric or hello is built."""
 
@@ -98,6 +107,7 @@ class Snapshot:
     voltage: float | None  # the meter's 32.7.0 in volts
     host: HostInfo = field(default_factory=HostInfo)
     meter_mode: int | None = None  # the protocol read (METER_MODES); None: the template's
+    nodes: tuple[NodeSnapshot, ...] = ()  # the bridge's nodes; () = one, of the fields above
 
 
 # Constant fields of a real bridge in 2023 (tibber-bridge.md §5, source EGY-J).
@@ -232,10 +242,31 @@ class PayloadBuilder:
         }
         return _dump(doc)
 
+    def _node_entry(self, node_id: int, n: NodeSnapshot, uptime: int) -> dict[str, Any]:
+        seen = n.since_last_telegram
+        return {
+            "$type": "node",
+            "id": node_id,
+            "eui": n.eui,
+            "model": "TFD01",
+            "version": self._node["node_version"],
+            "rssi": float(self._node["node_avg_rssi"]),
+            # Seconds since the node was last heard; the bridge rounds up.
+            "seen": math.ceil(seen) if seen is not None else uptime,
+            "available": seen is not None and seen < 60,
+            "pubcnt": n.published,
+            "ota_state": "idle",
+            "ota_status": "up2date",
+            "manifest_version": self._node["node_version"],
+            "up2date": True,
+        }
+
     def _status(self, snap: Snapshot, *, mqttcon: int, wificon: int) -> dict[str, Any]:
         c, h = self._bridge, snap.host
         uptime = int(snap.uptime)
-        seen = snap.since_last_telegram
+        nodes = snap.nodes or (
+            NodeSnapshot(self._s.eui, snap.since_last_telegram, snap.telegrams_published),
+        )
         dns = list(h.dns[:9]) + ["0.0.0.0"] * (9 - len(h.dns[:9]))
         return {
             "$type": "metrics",
@@ -253,24 +284,7 @@ class PayloadBuilder:
             "heap": c["heap"],
             "coredump_available": c["coredump_available"],
             "model": "TJH01",
-            "nodes": [
-                {
-                    "$type": "node",
-                    "id": 1,
-                    "eui": self._s.eui,
-                    "model": "TFD01",
-                    "version": self._node["node_version"],
-                    "rssi": float(self._node["node_avg_rssi"]),
-                    # Seconds since the node was last heard; the bridge rounds up.
-                    "seen": math.ceil(seen) if seen is not None else uptime,
-                    "available": seen is not None and seen < 60,
-                    "pubcnt": snap.telegrams_published,
-                    "ota_state": "idle",
-                    "ota_status": "up2date",
-                    "manifest_version": self._node["node_version"],
-                    "up2date": True,
-                }
-            ],
+            "nodes": [self._node_entry(i, n, uptime) for i, n in enumerate(nodes, start=1)],
             "ota": c["ota"],
             "hub_ota_status": c["hub_ota_status"],
             "manifest_state": c["manifest_state"],

@@ -199,13 +199,18 @@ def test_a_reading_goes_where_its_protocol_goes() -> None:
     from agent.tibber.payloads import reading_message
 
     text = b"/EBZ5DD3BZ06ETA_107\r\n\r\n1-0:0.0.0*255(1EBZ0100000001)\r\n!\r\n"
-    ebz = SimpleNamespace(protocol="ebz", raw=text)
+    ebz = SimpleNamespace(protocol="ebz", raw=text, bcc=False)
     frame = bytes.fromhex("1b1b1b1b010101017605") + b"\x1b" * 8 + bytes.fromhex("1b1b1b1b1a00abcd")
-    sml = SimpleNamespace(protocol="sml", raw=frame)
+    sml = SimpleNamespace(protocol="sml", raw=frame, bcc=False)
+    iec_raw = b"/ZPA5GH305\r\n\r\n\x021-0:1.8.0*255(000001.000*kWh)\r\n!\r\n\x03i"
+    iec = SimpleNamespace(protocol="d0", raw=iec_raw, bcc=True)
+    push = SimpleNamespace(protocol="d0", raw=b"/ESY5Q3DA1004 V3.04\r\n\r\n!\r\n", bcc=False)
     t = Topics.of(settings())
     assert t.sml == f"{BASE}/TFD01/{EUI}/sml"
     assert reading_message(t, ebz) == (t.obis_stream, text.replace(b"\r\n\r\n", b"\r\n", 1))
     assert reading_message(t, sml) == (t.sml, frame)
+    assert reading_message(t, iec) == (f"{BASE}/TFD01/{EUI}/iec", iec_raw)  # whole
+    assert reading_message(t, push) == (t.obis_stream, b"/ESY5Q3DA1004 V3.04\r\n!\r\n")
     upper = Topics.of(settings(sml_suffix="SML"))
     assert reading_message(upper, sml) == (f"{BASE}/TFD01/{EUI}/SML", frame)
 

@@ -35,6 +35,7 @@ class SmlFrameReading:
     """
 
     protocol = "sml"
+    bcc = False  # (the CRC vouches for it; bcc is the text meters' block check)
     ident = ""  # an SML file names no meter type; the server id says the maker
 
     def __init__(
