@@ -9,7 +9,8 @@ included, so 0x01 is an empty octet string ("not set") and 0x00 ends a message.
 The whole file is walked element by element, never searched for byte patterns: a value
 holding `77 07 01` broke SmlLib's shortcut that looks for list entries that way (SmlLib
 issue #8, meters.md §8.4). Anything that does not fit the grammar raises SmlError; nothing
-else escapes (tests fuzz it with random bytes and every truncation).
+else escapes (tests fuzz it with random bytes and every truncation), and what it returns
+is bounded (SCALER_RANGE, UNIT_RANGE) so nothing that uses it can overflow or hang.
 
 Message CRCs are not checked: the frame CRC covers every byte of every message, and the
 one full-resolution eBZ sample carries message CRCs its anonymiser did not recompute.
@@ -33,6 +34,12 @@ GET_LIST_RESPONSE = 0x0701
 
 # SML_Time choices that count seconds: secIndex (1) and timestamp (2, Unix seconds).
 _SECONDS_TIME = (1, 2)
+
+# SML_ListEntry's scaler is an Integer8 and its unit an Unsigned8 (SML 1.04). Held to
+# them, every number a reading carries is at most 8 bytes times 10**127, so what computes
+# with it (the checker's powers of ten, Decimal in the outlets) stays small and exact.
+SCALER_RANGE = range(-128, 128)
+UNIT_RANGE = range(256)
 
 
 class SmlError(ValueError):
@@ -229,10 +236,10 @@ def _entry(entry: Element) -> tuple[str, SmlValue, int | None] | None:
     key = obis_key(name)
     if status is not None and not _is_int(status):
         raise SmlError(Reason.TYPE, f"{key}: status is not a number")
-    if unit is not None and not _is_int(unit):
-        raise SmlError(Reason.TYPE, f"{key}: unit is not a number")
-    if scaler is not None and not _is_int(scaler):
-        raise SmlError(Reason.TYPE, f"{key}: scaler is not a number")
+    if unit is not None and not (_is_int(unit) and unit in UNIT_RANGE):
+        raise SmlError(Reason.TYPE, f"{key}: unit {unit!r} is not an Unsigned8")
+    if scaler is not None and not (_is_int(scaler) and scaler in SCALER_RANGE):
+        raise SmlError(Reason.TYPE, f"{key}: scaler {scaler!r} is not an Integer8")
     if isinstance(value, list) or value is None:
         return None
     if value is END:

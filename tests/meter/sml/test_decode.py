@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from agent.meter.sml.check import SmlChecker
 from agent.meter.sml.decode import (
     GET_LIST_RESPONSE,
     MAX_DEPTH,
@@ -18,6 +19,7 @@ from agent.meter.sml.decode import (
     obis_key,
     parse_element,
 )
+from agent.meter.sml.pipeline import SmlFrameReading, SmlPipeline
 from agent.meter.sml.simulate import (
     SERVER_ID,
     Raw,
@@ -27,8 +29,10 @@ from agent.meter.sml.simulate import (
     encode,
     message,
     tl,
+    transport,
 )
 from agent.meter.sml.transport import Reason, SmlFrame, SmlFramer
+from agent.meter.validation import Outcome
 from tests.meter.sml.test_transport import DZG, EBZ_BZ06, EBZ_FULL, EBZ_SMZ1, Q3A, capture
 
 
@@ -153,9 +157,18 @@ def _file(entries: list[Raw], server_id: bytes = SERVER_ID, seconds: int | None 
     return message(b"\x01", 0, GET_LIST_RESPONSE, body)
 
 
-def _entry(name: bytes, value: int | bytes, val_time: int | None = None) -> Raw:
+TENTHS = Signed(-1, 1)  # the scaler -1 as meters send it: 52 FF
+
+
+def _entry(
+    name: bytes,
+    value: int | bytes | Signed | Unsigned,
+    val_time: int | None = None,
+    unit: int | Signed | Unsigned = 30,
+    scaler: int | Signed | Unsigned = TENTHS,
+) -> Raw:
     t = encode(None) if val_time is None else encode([1, Unsigned(val_time, 4)])
-    tail = encode(30) + encode(Signed(-1, 1)) + encode(value) + encode(None)
+    tail = encode(unit) + encode(scaler) + encode(value) + encode(None)
     return Raw(tl(0x70, 7) + encode(name) + encode(None) + t + tail)
 
 
@@ -250,3 +263,119 @@ def test_fuzz_only_sml_error_escapes() -> None:
         except SmlError:
             pass
     assert len(cases) > 20000 and decoded > 0
+
+
+# SML_ListEntry types (SML 1.04): the scaler is an Integer8, the unit an Unsigned8. Stated
+# here from the standard, not imported, so the tests hold the decoder to it.
+INTEGER8 = range(-128, 128)
+UNSIGNED8 = range(256)
+E327 = bytes.fromhex("0100200700ff")  # 32.7.0, voltage L1
+
+
+@pytest.mark.parametrize(
+    ("unit", "scaler"),
+    [
+        (30, Signed(1 << 62, 8)),  # hung the checker: 10 ** (digit - 2**62)
+        (30, Signed(2_000_000, 4)),  # 0.8 s of CPU per frame in the checker
+        (35, Signed(10**7, 8)),  # volts: decimal.Overflow in the reader's thread
+        (30, Signed(128, 2)),
+        (30, Signed(-129, 2)),
+        (30, Unsigned(128, 1)),  # 62 80: unsigned, so +128, not -128
+        (Unsigned(256, 2), Signed(-1, 1)),
+        (Signed(-1, 1), Signed(-1, 1)),
+        (Unsigned(1 << 40, 8), Signed(-1, 1)),
+    ],
+)
+def test_a_scaler_or_unit_outside_its_sml_type_is_rejected(
+    unit: int | Signed | Unsigned, scaler: Signed | Unsigned
+) -> None:
+    with pytest.raises(SmlError) as e:
+        decode(_file([_entry(E180, 7, unit=unit, scaler=scaler)]))
+    assert e.value.reason is Reason.TYPE, e.value
+    assert "1-0:1.8.0*255" in str(e.value)  # names the entry
+
+
+def test_the_extremes_of_a_scaler_and_a_unit_decode() -> None:
+    for scaler in (-128, 127):
+        for unit in (0, 255):
+            r = decode(_file([_entry(E180, 7, unit=unit, scaler=Signed(scaler, 1))]))
+            value = r.values["1-0:1.8.0*255"]
+            assert (value.scaler, value.unit) == (scaler, unit)
+            assert value.decimal() == Decimal(f"7E{scaler}")
+
+
+def test_a_scaler_out_of_range_after_a_reference_is_rejected_by_the_pipeline() -> None:
+    """The reviewer's case: a valid-CRC DZG frame whose 1.8.0 scaler is 2**62, after a good
+    frame. It must be rejected (TYPE) at once, not hang or crash the meter thread."""
+    files = [o.file for o in SmlFramer().feed(capture(DZG)) if isinstance(o, SmlFrame)]
+    name = files[1].index(bytes.fromhex("0100010800ff"))
+    at = files[1].index(bytes.fromhex("52ff"), name)  # its scaler, -1
+    bad = files[1][:at] + encode(Signed(1 << 62, 8)) + files[1][at + 2 :]
+    with pytest.raises(SmlError):  # fail fast here rather than hang below
+        decode(bad)
+    pipeline = SmlPipeline()
+    results = pipeline.feed(transport(files[0]) + transport(bad) + transport(files[2]), 1.0)
+    assert [r.verdict.outcome for r in results] == [
+        Outcome.ACCEPTED,
+        Outcome.REJECTED,
+        Outcome.ACCEPTED,
+    ]
+    assert results[1].verdict.reason is Reason.TYPE
+
+
+def _consume(reading: SmlReading, raw: bytes, checker: SmlChecker, arrived: float) -> None:
+    """Everything the agent does with a decoded reading: check it, and on acceptance read
+    what the outlets and the reader read (values, layout, voltages)."""
+    verdict = checker.check(reading, SmlFrame(raw, b"", "x25"), arrived)
+    shown = SmlFrameReading(raw, reading, {})
+    _ = (verdict, shown.values, shown.layout, shown.volts, shown.meter_id)
+    _ = [v.text() for v in reading.values.values()]
+
+
+def test_fuzz_what_uses_a_decoded_reading_sees_nothing_but_sml_error() -> None:
+    """Entries with random integers of every width and sign as scaler, unit and value, for
+    energy (Wh), voltage (V) and power (W) codes: decode returns a reading only within the
+    SML types, and the checker and the outlets' formatting take any such reading, after a
+    good reference and as the first one, without raising."""
+    rng = random.Random(15)
+    edges = [0, 1, -1, 127, 128, -128, -129, 255, 256, 2_000_000, 10**7, 1 << 62, -(1 << 63)]
+
+    def integer() -> Signed | Unsigned:
+        pick = rng.random()
+        if pick < 0.8:  # mostly near and inside the SML types, so that many files decode
+            v = rng.choice(edges) if pick < 0.1 else rng.randint(-135, 135)
+        else:
+            v = rng.randint(-(1 << 63), (1 << 64) - 1)
+        if v < 0 or rng.random() < 0.5:
+            v = max(min(v, (1 << 63) - 1), -(1 << 63))
+            size = next(s for s in range(1, 9) if -(1 << (8 * s - 1)) <= v < 1 << (8 * s - 1))
+            return Signed(v, rng.randint(size, 8))
+        size = next(s for s in range(1, 9) if v < 1 << (8 * s))
+        return Unsigned(v, rng.randint(size, 8))
+
+    good = decode(_file([_entry(E180, 10**9), _entry(E327, 2301)], seconds=5))
+    decoded = rejected = 0
+    for i in range(3000):
+        entries = [
+            _entry(
+                name, integer(), unit=integer() if rng.random() < 0.3 else unit, scaler=integer()
+            )
+            for name, unit in ((E180, 30), (E327, 35), (bytes.fromhex("0100100700ff"), 27))
+        ]
+        file = _file(entries, seconds=rng.choice([5, 6, 1 << 31]))
+        try:
+            reading = decode(file)
+        except SmlError as e:
+            assert e.reason is Reason.TYPE, e
+            rejected += 1
+            continue
+        decoded += 1
+        for value in reading.values.values():  # before any arithmetic: a regression fails here
+            assert value.scaler in INTEGER8 and (value.unit is None or value.unit in UNSIGNED8)
+        after_good = SmlChecker()
+        _consume(good, b"", after_good, 0.0)
+        _consume(reading, file, after_good, 1.0 + i)
+        first = SmlChecker()
+        _consume(reading, file, first, 0.0)
+        _consume(good, b"", first, 1.0)
+    assert decoded > 300 and rejected > 300, (decoded, rejected)
