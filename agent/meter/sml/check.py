@@ -9,7 +9,10 @@ reference):
 
 * the same server id; a new one is adopted only after ADOPT_AFTER frames in a row carry
   it, each consistent with the one before (a head moved to another meter);
-* the seconds index (actSensorTime, else a valTime) grows;
+* the seconds index (actSensorTime, else a valTime) grows. A meter whose time stands
+  still (a fixed valTime, or a clock that ticks slower than it sends) is learned: after
+  STOPPED_CLOCK_AFTER frames rejected only because their time equals the reference's,
+  each consistent by arrival time, its frames are timed by arrival from then on;
 * energy registers (1.8.x, 2.8.x) never fall, and grow no faster than MAX_POWER_W over
   the time between the two frames (the meter's seconds where both have them, else the
   arrival times, but never less than the frame's own time on the wire, since a reader
@@ -17,7 +20,8 @@ reference):
 
 A run of OVERRULE_AFTER frames, each consistent with the one before, that contradicts the
 reference replaces it (a meter exchanged with the same id, a counter reset): the agent
-never stays stuck. Power and every other value are covered by the CRC alone.
+never stays stuck. Power and every other value are covered by the CRC alone. An energy
+scaler outside decode's Integer8 is never raised to (TYPE), so the arithmetic stays small.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..validation import ADOPT_AFTER, MAX_POWER_W, OVERRULE_AFTER
-from .decode import SmlReading
+from .decode import SCALER_RANGE, SmlReading
 from .transport import Reason, SmlFrame
 
 BAUD = 9600
 BITS_PER_BYTE = 10  # 8N1: start, 8 data, stop
+# Frames rejected only because their time equals the reference's before the time is
+# given up for that meter: the evidence asked to overrule a reference.
+STOPPED_CLOCK_AFTER = OVERRULE_AFTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +66,22 @@ class SmlChecker:
         adopt_after: int = ADOPT_AFTER,
         overrule_after: int = OVERRULE_AFTER,
         baud: int = BAUD,
+        stopped_clock_after: int = STOPPED_CLOCK_AFTER,
     ) -> None:
         self._adopt_after = adopt_after
         self._overrule_after = overrule_after
+        self._stopped_clock_after = stopped_clock_after
         self._byte_time = BITS_PER_BYTE / baud
         self._reference: _Seen | None = None
         self._challenger: _Seen | None = None  # tail of a run that contradicts the reference
         self._run = 0
+        # A time that stands still: the last frame rejected only for that, how many such
+        # since two frames in a row were accepted (a clock that keeps up), and the server
+        # id whose time is no longer used.
+        self._stopped: _Seen | None = None
+        self._stopped_count = 0
+        self._accepted_in_a_row = 0
+        self._untimed: bytes | None = None
         self.stats = CheckStats()
 
     @property
@@ -80,22 +96,57 @@ class SmlChecker:
 
     def check(self, reading: SmlReading, frame: SmlFrame, arrived: float) -> SmlVerdict:
         seen = _Seen(reading, arrived, len(frame.raw) * self._byte_time)
+        if not _judgeable(reading):
+            self.stats.rejected[Reason.TYPE] += 1
+            return SmlVerdict(False, Reason.TYPE)
         ref = self._reference
         if ref is None:
             return self._accept(seen, f"first reference, server id {reading.server_id.hex()}")
         if reading.server_id != ref.reading.server_id:
             return self._challenge(seen, Reason.IDENTITY, self._adopt_after)
-        why = _contradiction(ref, seen)
-        if why is not None:
-            return self._challenge(seen, why, self._overrule_after)
-        return self._accept(seen)
+        timed = reading.server_id != self._untimed
+        why = _contradiction(ref, seen, timed)
+        if why is None:
+            return self._accept(seen)
+        if (
+            why is Reason.SECONDS
+            and reading.seconds == ref.reading.seconds
+            and _contradiction(ref, seen, timed=False) is None
+        ):
+            return self._stopped_clock(seen)
+        return self._challenge(seen, why, self._overrule_after)
 
     def _accept(self, seen: _Seen, adopted: str = "") -> SmlVerdict:
         self._reference = seen
         self._challenger = None
         self._run = 0
+        self._accepted_in_a_row += 1
+        if self._accepted_in_a_row >= 2:
+            self._stopped, self._stopped_count = None, 0
         self.stats.accepted += 1
         return SmlVerdict(True, adopted=adopted)
+
+    def _stopped_clock(self, seen: _Seen) -> SmlVerdict:
+        """seen fits the reference by arrival time, but repeats its time. A run of such,
+        each consistent with the one before, means the meter's time is no clock."""
+        last = self._stopped
+        if last is not None and _contradiction(last, seen, timed=False) is None:
+            self._stopped_count += 1
+        else:
+            self._stopped_count = 1
+        self._stopped = seen
+        self._accepted_in_a_row = 0
+        self._challenger, self._run = None, 0  # not part of a run that contradicts
+        if self._stopped_count >= self._stopped_clock_after:
+            self._untimed = seen.reading.server_id
+            self._stopped, self._stopped_count = None, 0
+            return self._accept(
+                seen,
+                f"the seconds field of server id {seen.reading.server_id.hex()} stands at "
+                f"{seen.reading.seconds}: frames are timed by arrival",
+            )
+        self.stats.rejected[Reason.SECONDS] += 1
+        return SmlVerdict(False, Reason.SECONDS)
 
     def _challenge(self, seen: _Seen, reason: Reason, needed: int) -> SmlVerdict:
         """seen contradicts the reference; count how long a self-consistent run of such is."""
@@ -103,12 +154,14 @@ class SmlChecker:
         if (
             c is not None
             and c.reading.server_id == seen.reading.server_id
-            and _contradiction(c, seen) is None
+            and self._follows(c, seen)
         ):
             self._run += 1
         else:
             self._run = 1
         self._challenger = seen
+        self._accepted_in_a_row = 0
+        self._stopped, self._stopped_count = None, 0
         if self._run >= needed:
             old = self._reference
             assert old is not None  # a challenge needs a reference
@@ -123,11 +176,27 @@ class SmlChecker:
         self.stats.rejected[reason] += 1
         return SmlVerdict(False, reason)
 
+    def _follows(self, prev: _Seen, new: _Seen) -> bool:
+        """new is a possible successor of prev in a run. Where both carry the same time,
+        the arrival times judge: a new meter whose time stands still can be adopted."""
+        timed = new.reading.server_id != self._untimed
+        if timed and prev.reading.seconds == new.reading.seconds:
+            timed = False
+        return _contradiction(prev, new, timed) is None
 
-def _contradiction(prev: _Seen, new: _Seen) -> Reason | None:
-    """What makes `new` impossible as the successor of `prev` (same meter), or None."""
+
+def _judgeable(reading: SmlReading) -> bool:
+    """Every energy register's scaler within decode's Integer8: the powers of ten below then
+    stay under 10**255 whatever a frame holds (decode never returns more; this keeps a
+    hand-made reading from hanging the meter thread too)."""
+    return all(v.scaler in SCALER_RANGE for k, v in reading.values.items() if _is_energy(k))
+
+
+def _contradiction(prev: _Seen, new: _Seen, timed: bool = True) -> Reason | None:
+    """What makes `new` impossible as the successor of `prev` (same meter), or None.
+    timed=False: the meter's time is ignored, the arrival times judge."""
     before, after = prev.reading.seconds, new.reading.seconds
-    if before is not None and after is not None:
+    if timed and before is not None and after is not None:
         elapsed: float = after - before
         if elapsed <= 0:
             return Reason.SECONDS

@@ -133,10 +133,15 @@ class SimulatedSml:
         crc: CrcVariant = CrcVariant.X25,
         reduced: bool = False,
         escape_value: bool = False,
+        clock_step: int = 1,
     ) -> None:
+        """clock_step: the time field sent moves in steps of that many seconds (a clock
+        coarser than the frame rate; a huge step: a time that never moves)."""
         self._rng = rng
         self.server_id = server_id
         self.seconds = seconds
+        self.clock_step = clock_step
+        self._first_second = seconds
         self.crc = crc
         self.reduced = reduced
         self.escape_value = escape_value
@@ -155,6 +160,11 @@ class SimulatedSml:
     @property
     def export_digits(self) -> int | None:
         return None if self._export_mj is None else self._digits(self._export_mj)
+
+    @property
+    def sent_seconds(self) -> int:
+        """The time field of the frame: the meter's seconds, down to its clock's step."""
+        return self.seconds - (self.seconds - self._first_second) % self.clock_step
 
     def set_power(self, power_w: float) -> None:
         """Move the mean load (negative: feeding in, on a two-way meter)."""
@@ -175,7 +185,7 @@ class SimulatedSml:
         t = self._transaction
         ids = [(t << 8 | i).to_bytes(4, "big") for i in range(3)]
         open_res = [None, None, ids[0], self.server_id, None, None]
-        get_list = [None, self.server_id, None, [1, Unsigned(self.seconds, 4)]]
+        get_list = [None, self.server_id, None, [1, Unsigned(self.sent_seconds, 4)]]
         get_list += [self._entries(), None, None]
         return (
             message(ids[0], 0, OPEN_RESPONSE, open_res)

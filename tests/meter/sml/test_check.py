@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from agent.meter.sml.check import SmlChecker, SmlVerdict
+from agent.meter.sml.check import STOPPED_CLOCK_AFTER, SmlChecker, SmlVerdict
 from agent.meter.sml.decode import SmlReading, SmlValue, decode
+from agent.meter.sml.pipeline import SmlPipeline
 from agent.meter.sml.simulate import SimulatedSml, damaged_stream
 from agent.meter.sml.transport import Reason, SmlFrame, SmlFramer
-from agent.meter.validation import ADOPT_AFTER, OVERRULE_AFTER
+from agent.meter.validation import ADOPT_AFTER, OVERRULE_AFTER, Outcome
 from tests.meter.sml.test_transport import DZG, EBZ_SMZ1, Q3A, capture, feed
 
 E180 = "1-0:1.8.0*255"
@@ -175,3 +176,114 @@ def test_through_the_whole_path_nothing_but_sent_frames_is_published() -> None:
         good = [o for o in out if isinstance(o, SmlFrame)]
         sent = [o.raw for o in good if checker.check(decode(o.file), o, 0.0).publish]
         assert sent == list(stream.intact), seed
+
+
+def test_a_scaler_outside_integer8_is_never_computed_with() -> None:
+    """decode() never returns one (test_decode); the checker still refuses to raise 10 to
+    such a power (2**62 hung it, 2 000 000 cost 0.8 s a frame), as a reference or after one."""
+    for scaler in (300_000, -300_000, 128, -129):
+        checker = SmlChecker()
+        assert run(checker, (reading(10, 5, scaler), 0.0))[0].reason is Reason.TYPE
+        assert checker.reference is None
+        run(checker, (reading(10, 5), 0.0))
+        assert run(checker, (reading(11, 5, scaler), 1.0))[0].reason is Reason.TYPE
+        assert checker.reference is not None and checker.reference.seconds == 10
+    # The widest scalers decode() returns, against each other: judged, and quickly.
+    verdicts = run(SmlChecker(), (reading(10, 1, -128), 0.0), (reading(11, 2, 127), 1.0))
+    assert [v.reason for v in verdicts] == [None, Reason.ENERGY_RATE]
+
+
+STOPPED = "the seconds field of server id 41 stands at 1000: frames are timed by arrival"
+
+
+def test_a_meter_whose_time_stands_still_is_timed_by_arrival_after_a_run() -> None:
+    """A meter that sends a fixed time (a valTime that is no clock) is not stuck: after
+    STOPPED_CLOCK_AFTER frames in a row rejected only for that, its frames are judged by
+    their arrival times, as a meter without a time field is, and it says so once."""
+    checker = SmlChecker()
+    kw_second = 1000 * 100_000 // 3600
+    items = [(reading(1000, i * kw_second), float(i)) for i in range(3 * STOPPED_CLOCK_AFTER)]
+    verdicts = run(checker, *items)
+    learn = STOPPED_CLOCK_AFTER  # the first frame is the reference, then the run
+    assert [v.publish for v in verdicts[: learn + 1]] == [True] + [False] * (learn - 1) + [True]
+    assert {v.reason for v in verdicts[1:learn]} == {Reason.SECONDS}
+    assert verdicts[learn].adopted == STOPPED
+    assert all(v.publish and not v.adopted for v in verdicts[learn + 1 :])
+    # Still held to the most a connection can draw, now over the arrival times ...
+    t = float(len(items))
+    last = (len(items) - 1) * kw_second
+    assert run(checker, (reading(1000, last + 3 * 69_000 * 100_000 // 3600), t))[0].reason is (
+        Reason.ENERGY_RATE
+    )
+    # ... and a burst read at one instant still gets the floor of each frame's wire time.
+    burst = [(reading(1000, last + k * kw_second), t) for k in (1, 2, 3)]
+    assert all(v.publish for v in run(checker, *burst))
+    assert run(checker, (reading(1000, last + 3 * kw_second + 10**7), t))[0].reason is (
+        Reason.ENERGY_RATE
+    )
+
+
+def test_a_clock_coarser_than_the_frame_rate_is_learned_too() -> None:
+    """Two frames per clock tick: every other frame repeats the time. Without learning,
+    half the frames are lost for good."""
+    checker = SmlChecker()
+    items = [(reading(1000 + i // 2, i * 100), float(i)) for i in range(6 * STOPPED_CLOCK_AFTER)]
+    verdicts = run(checker, *items)
+    adopted = [i for i, v in enumerate(verdicts) if v.adopted]
+    assert adopted[0] == 0 and len(adopted) == 2  # the first reference, then the learning
+    assert all(v.publish for v in verdicts[adopted[1] :])
+    assert adopted[1] <= 2 * STOPPED_CLOCK_AFTER
+
+
+def test_a_repeated_time_now_and_then_does_not_switch_the_clock_off() -> None:
+    """A healthy meter: a frame repeating the last one's time (damage within the CRC's
+    1/65536, or a meter that sent twice) between runs of frames whose time grows."""
+    checker = SmlChecker()
+    seconds, energy, t = 1000, 0, 0.0
+    for _ in range(5 * STOPPED_CLOCK_AFTER):
+        for _ in range(2):
+            seconds, energy, t = seconds + 1, energy + 10, t + 1.0
+            assert run(checker, (reading(seconds, energy), t))[0].publish
+        t += 1.0
+        assert run(checker, (reading(seconds, energy + 5), t))[0].reason is Reason.SECONDS
+
+
+def test_a_stopped_time_run_must_be_consistent_by_arrival() -> None:
+    """Frames sharing the reference's time whose energy falls among them (or grows beyond
+    any load by their arrival times) build no run: the time stays in use."""
+    checker = SmlChecker()
+    run(checker, (reading(1000, 10**6), 0.0))
+    falling = [(reading(1000, 10**6 + 100 - i % 2 * 50), 1.0 + i) for i in range(40)]
+    assert not any(v.publish for v in run(checker, *falling))
+    racing = [(reading(1000, 10**9 * (i + 1)), 50.0 + i) for i in range(40)]
+    assert not any(v.publish for v in run(checker, *racing))
+
+
+def test_a_new_meter_whose_time_stands_still_is_adopted_and_then_learned() -> None:
+    """The head moved to a meter with a fixed time: the run adopting its server id judges
+    its frames by arrival time where their times are equal, then its clock is learned."""
+    checker = SmlChecker()
+    run(checker, (reading(100, 5000), 0.0))
+    items = [(reading(7, 10 + i, sid=b"B"), 1.0 + i) for i in range(3 * STOPPED_CLOCK_AFTER)]
+    verdicts = run(checker, *items)
+    adopted = [(i, v.adopted) for i, v in enumerate(verdicts) if v.adopted]
+    assert adopted == [
+        (ADOPT_AFTER - 1, "new server id 42 (was 41)"),
+        (
+            ADOPT_AFTER - 1 + STOPPED_CLOCK_AFTER,
+            STOPPED.replace("41 stands at 1000", "42 stands at 7"),
+        ),
+    ]
+    assert all(v.publish for v in verdicts[ADOPT_AFTER - 1 + STOPPED_CLOCK_AFTER :])
+
+
+def test_a_simulated_meter_with_a_fixed_time_reaches_the_outlets() -> None:
+    """The reviewer's case end to end: 300 frames of a meter whose time field never moves,
+    through framer, decoder and checker (1 was accepted, 299 rejected for good)."""
+    for step in (10**9, 2):
+        meter = SimulatedSml(rng=random.Random(1), clock_step=step)
+        pipeline = SmlPipeline()
+        results = [r for i in range(300) for r in pipeline.feed(meter.next_frame(), float(i))]
+        outcomes = [r.verdict.outcome for r in results]
+        assert outcomes.count(Outcome.REJECTED) <= 2 * STOPPED_CLOCK_AFTER, step
+        assert outcomes[-100:] == [Outcome.ACCEPTED] * 100, step
