@@ -28,13 +28,21 @@ published. Latency: one push period (2 s on EasyMeter, reported). On its own, a 
 must also pass: |power| <= 69 kW, voltages 150-280 V, and the phase sum where the maker's
 real telegrams show it exact (PHASE_SUMS; not on the ZPA GH305, meters.md/issue 8).
 
-Adoption: a new layout or id is adopted after ADOPT_AFTER telegrams in a row carry it,
-each consistent with the one before; a run of OVERRULE_AFTER that contradicts the reference
-replaces it; a phase sum that fails OVERRULE_AFTER times in a row on otherwise consistent
-telegrams is dropped for that layout (an exporting meter signing its phases differently
-than the captures show), and a value that differs from the reference in VOLATILE_AFTER
-telegrams in a row (a clock) is no longer compared: the agent never stays stuck. Both say
-so once (`adopted`).
+Adoption: a new layout or id is adopted after ADOPT_AFTER telegrams in a row carry it; a
+run of OVERRULE_AFTER that contradicts the reference replaces it. Each telegram of a run
+must confirm the one before exactly as a successor confirms a held telegram (layout, ids,
+energy, and for checksum-less ones voltages, status and other values), so a run never
+vouches for more than the neighbours do elsewhere: when it completes, a checksum-less
+run's last but one (confirmed by the last) is published and becomes the reference, and the
+last is held for its successor; a BCC frame completing a run is published (its BCC vouches
+for the bytes after STX, the one before with the same layout for its ident line).
+A phase sum that fails OVERRULE_AFTER times in a row, on telegrams with one key each
+consistent with the one before, is dropped for that layout (an exporting meter signing its
+phases differently than the captures show), whether or not a reference has that layout;
+a value that differs from the reference in VOLATILE_AFTER telegrams in a row (a clock) is
+no longer compared; where no reference has the telegram's layout (at the start, during a
+new layout's run) from its predecessor instead, and a new layout keeps what its run learnt.
+The agent never stays stuck; each of these says so once (`adopted`).
 
 Every line, what checks it, and what damage no check can see. "Damage" is the model of
 agent/meter/validation.py: one changed, lost or repeated byte or line, a cut, any digit,
@@ -142,6 +150,10 @@ class D0Checker:
         overrule_after: int = OVERRULE_AFTER,
         baud: int = BAUD,
     ) -> None:
+        if min(adopt_after, overrule_after) < 2:
+            # A run's newest telegram is vouched for only by its successor; the one before
+            # it is the first a run can publish.
+            raise ValueError("adopt_after and overrule_after must be at least 2")
         self._adopt_after = adopt_after
         self._overrule_after = overrule_after
         self._byte_time = BITS_PER_BYTE / baud
@@ -152,7 +164,12 @@ class D0Checker:
         self._last: _Seen | None = None  # the last telegram that passed its own checks
         self._changes: Counter[str] = Counter()  # per value: differences in a row
         self.volatile: set[str] = set()  # values no longer compared (see VOLATILE_AFTER)
-        self._sum_failures = 0
+        # The same, learnt from each telegram's predecessor where no reference has its key
+        # (at the start, during a new layout's run); the reference's once one has it.
+        self._run_changes: Counter[str] = Counter()
+        self._run_volatile: set[str] = set()
+        self._sum_failures = 0  # phase sum failures in a row ...
+        self._sum_failed: _Seen | None = None  # ... the last of them
         self.sum_off: set[tuple[str, ...]] = set()  # layouts whose phase sum was dropped
         self.stats = CheckStats()
 
@@ -171,17 +188,20 @@ class D0Checker:
     def check(self, t: D0Telegram, arrived: float) -> Verdict:
         seen = _Seen(t, arrived, len(t.raw) * self._byte_time)
         own = self._own(t)
+        said = ""
+        if own is None:
+            own, said = self._phase_sum(seen)
         if own is not None:
-            return self._reject(own)
+            return self._reject(own, said)
         adopted = self._learn(seen)
         ref = self._reference
         if ref is not None and t.key != ref.telegram.key:
             why = Reason.IDENTITY if t.layout == ref.telegram.layout else Reason.LAYOUT
-            return self._challenge(seen, why, self._adopt_after)
+            return self._challenge(seen, why, self._adopt_after, adopted)
         if ref is not None:
             why = _contradiction(ref, seen)
             if why is not None:
-                return self._challenge(seen, why, self._overrule_after)
+                return self._challenge(seen, why, self._overrule_after, adopted)
         if t.bcc and ref is not None:
             return self._publish(seen, adopted)
         # Checksum-less; or the first BCC frame, whose ident line (before STX) no BCC and
@@ -226,37 +246,45 @@ class D0Checker:
         if a.key != b.key:
             return Reason.LAYOUT
         why = _contradiction(prev, new)
-        if why is not None or b.bcc:
+        if why is not None or a.bcc:
             return why  # a BCC frame's values need no neighbour
+        ref = self._reference
+        volatile = self.volatile if ref and ref.telegram.key == a.key else self._run_volatile
         for code, v in b.volts.items():
             old = a.volts.get(code)
             if old is not None and abs(v - old) >= UNUSUAL_VOLTAGE_STEP_DV:
                 return Reason.CHANGED
         for code in _compared(a):
-            if code not in self.volatile and a.values[code] != b.values.get(code):
+            if code not in volatile and a.values[code] != b.values.get(code):
                 return Reason.CHANGED
         return None
 
     def _learn(self, seen: _Seen) -> str:
         """Count, per compared value, how many telegrams in a row differ from the reference
-        (before there is one: from the telegram before); a value that keeps changing is a
-        clock, not damage: stop comparing it (said once). A damaged value differs in one
-        telegram, so only VOLATILE_AFTER damaged telegrams in a row could mark one."""
-        base = self._reference or self._last
+        (where no reference has this telegram's key: from the telegram before); a value
+        that keeps changing is a clock, not damage: stop comparing it (said once). A damaged
+        value differs in one telegram, so against the reference only VOLATILE_AFTER damaged
+        telegrams in a row could mark one (against the predecessor: two neighbours)."""
+        ref, last = self._reference, self._last
         self._last = seen
-        if base is None or base.telegram.key != seen.telegram.key:
+        key = seen.telegram.key
+        if ref is not None and ref.telegram.key == key:
+            base, changes, volatile = ref, self._changes, self.volatile
+        elif last is not None and last.telegram.key == key:
+            base, changes, volatile = last, self._run_changes, self._run_volatile
+        else:
             return ""
         new = []
         for code in _compared(seen.telegram):
-            if code in self.volatile:
+            if code in volatile:
                 continue
             if base.telegram.values.get(code) != seen.telegram.values[code]:
-                self._changes[code] += 1
-                if self._changes[code] >= VOLATILE_AFTER:
-                    self.volatile.add(code)
+                changes[code] += 1
+                if changes[code] >= VOLATILE_AFTER:
+                    volatile.add(code)
                     new.append(code)
             else:
-                self._changes[code] = 0
+                changes[code] = 0
         return f"{', '.join(new)} change(s) every telegram: not compared" if new else ""
 
     # -- what a telegram proves about itself -----------------------------------------
@@ -267,26 +295,42 @@ class D0Checker:
         lo, hi = VOLTAGE_RANGE_DV
         if any(not lo <= v <= hi for v in t.volts.values()):
             return Reason.RANGE
+        return None
+
+    def _phase_sum(self, seen: _Seen) -> tuple[Reason | None, str]:
+        """The phase sum where the maker's captures show it exact; and what to say once
+        when it is dropped for a layout."""
+        t = seen.telegram
         if t.bcc or t.layout in self.sum_off:
-            return None  # the BCC vouches for the power lines
+            return None, ""  # the BCC vouches for the power lines
         rule = PHASE_SUMS.get(t.maker)
         if rule is None:
-            return None
+            return None, ""
         total, phases = rule
         p = t.power
         if total not in p or any(c not in p for c in phases):
-            return None
+            return None, ""
         if p[total] == sum((p[c] for c in phases), Decimal(0)):
-            self._sum_failures = 0
-            return None
-        ref = self._reference
-        if ref is not None and ref.telegram.key == t.key:
-            # Damage breaks the sum once; a meter that never sums (an exporting one that
-            # signs its phases otherwise than the captures) breaks it every time.
+            self._sum_failures, self._sum_failed = 0, None
+            return None, ""
+        # Damage breaks the sum once; a meter that never sums (an exporting one that signs
+        # its phases otherwise than the captures) breaks it on every telegram. Counted on
+        # telegrams in a row with one key, each consistent with the one before, whether or
+        # not a reference has that key (at the start, or a new layout, there is none).
+        last = self._sum_failed
+        if last is not None and last.telegram.key == t.key and _contradiction(last, seen) is None:
             self._sum_failures += 1
-            if self._sum_failures >= self._overrule_after:
-                self.sum_off.add(t.layout)
-        return Reason.POWER_SUM
+        else:
+            self._sum_failures = 1
+        self._sum_failed = seen
+        if self._sum_failures < self._overrule_after:
+            return Reason.POWER_SUM, ""
+        self.sum_off.add(t.layout)
+        self._sum_failures, self._sum_failed = 0, None
+        return Reason.POWER_SUM, (
+            f"phase sum {total} = {' + '.join(phases)} failed {self._overrule_after} "
+            f"telegrams in a row: not checked for layout {t.ident}"
+        )
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -296,14 +340,20 @@ class D0Checker:
         return Verdict(Outcome.ACCEPTED, (seen.telegram,), adopted=adopted)  # type: ignore[arg-type]
 
     def _accept(self, seen: _Seen) -> None:
+        old = self._reference
+        if old is None or old.telegram.key != seen.telegram.key:
+            # A first reference, or a new layout or id: what its run learnt is now the
+            # reference's (the old key's volatile values do not carry over).
+            self._changes, self.volatile = self._run_changes, self._run_volatile
+            self._run_changes, self._run_volatile = Counter(), set()
         self._reference = seen
         self._challenger = None
         self._run = 0
         self.stats.accepted += 1
 
-    def _reject(self, reason: Reason) -> Verdict:
+    def _reject(self, reason: Reason, adopted: str = "") -> Verdict:
         self.stats.rejected[reason] += 1
-        return Verdict(Outcome.REJECTED, reason=reason)  # type: ignore[arg-type]
+        return Verdict(Outcome.REJECTED, reason=reason, adopted=adopted)  # type: ignore[arg-type]
 
     def _drop(self, count: int, keep: _Seen | None = None) -> None:
         """Forget the `count` oldest held telegrams (all but `keep`, if given): unconfirmed."""
@@ -314,31 +364,45 @@ class D0Checker:
             dropped, self._candidates = self._candidates[:count], self._candidates[count:]
         self.stats.rejected[Reason.UNCONFIRMED] += len(dropped)
 
-    def _challenge(self, seen: _Seen, reason: Reason, needed: int) -> Verdict:
-        """seen contradicts the reference; count how long a self-consistent run of such is."""
+    def _challenge(self, seen: _Seen, reason: Reason, needed: int, learnt: str) -> Verdict:
+        """seen contradicts the reference. Count how long a run of such telegrams is, each
+        confirmed by the next as a held telegram is by its successor (layout, ids, energy,
+        voltages, status and other values); a run of `needed` replaces the reference. Its
+        newest telegram has no successor yet: a BCC frame is vouched for by its BCC and,
+        for its ident line, by the one before with the same layout, so it is published;
+        a checksum-less one is held for its successor like any other, and the one before
+        it, which it confirmed, is published and becomes the reference."""
         c = self._challenger
-        same = c is not None and c.telegram.key == seen.telegram.key
-        if same and c is not None and _contradiction(c, seen) is None:
+        if c is not None and self._confirms(c, seen) is None:
             self._run += 1
         else:
             self._run = 1
         self._challenger = seen
-        if self._run >= needed:
-            old = self._reference
-            assert old is not None
-            if reason is Reason.IDENTITY:
-                what = f"new meter id {seen.telegram.meter_id!r} (was {old.telegram.meter_id!r})"
-            elif reason is Reason.LAYOUT:
-                what = (
-                    f"new telegram layout {seen.telegram.ident} with "
-                    f"{len(seen.telegram.layout) - 1} lines (was {len(old.telegram.layout) - 1})"
-                )
-            else:
-                what = f"meter data overruled the last reference ({reason})"
+        if self._run < needed:
+            return self._reject(reason, learnt)
+        assert c is not None  # needed >= 2
+        old = self._reference
+        assert old is not None
+        if reason is Reason.IDENTITY:
+            what = f"new meter id {seen.telegram.meter_id!r} (was {old.telegram.meter_id!r})"
+        elif reason is Reason.LAYOUT:
+            what = (
+                f"new telegram layout {seen.telegram.ident} with "
+                f"{len(seen.telegram.layout) - 1} lines (was {len(old.telegram.layout) - 1})"
+            )
+        else:
+            what = f"meter data overruled the last reference ({reason})"
+            # Values learnt volatile against the overruled reference are compared again.
             self._changes.clear()
             self.volatile.clear()
+            learnt = ""
+        what = f"{what}; {learnt}" if learnt else what
+        if seen.telegram.bcc:
             return self._publish(seen, what)
-        return self._reject(reason)
+        self._drop(len(self._candidates))
+        self._accept(c)
+        self._candidates.append(seen)
+        return Verdict(Outcome.HELD, (c.telegram,), adopted=what)  # type: ignore[arg-type]
 
 
 def _compared(t: D0Telegram) -> list[str]:
