@@ -73,6 +73,6 @@ def test_block_checked_frames_go_to_iec_at_once_and_damage_never(
     time.sleep(0.5)
     got = [m.payload for m in observer.messages if m.topic == TOPIC_IEC]
     assert got == intact
-    assert got[0].startswith(b"/ZPA5SIM305.v100\r\n\x02") and got[0][-2] == 0x03
+    assert got[0].startswith(b"/ZPA5SIM305.v100\r\n\r\n\x02") and got[0][-2] == 0x03  # §4.2
     sent = [p for p in tls_broker.received_publishes(BRIDGE_ID) if p.topic == TOPIC_IEC]
     assert {(p.qos, p.retain) for p in sent} == {(1, False)}

@@ -3,7 +3,9 @@
 Two framings share the `/` start (meters.md §8.1, §8.3)::
 
     push (EasyMeter Q3D, Logarex, eBZ):  /ident CR LF  CR LF  data lines  ! CR LF
-    STX/ETX (mode C readout, ZPA push):  /ident CR LF  STX  data lines  ! CR LF  ETX  BCC
+    STX/ETX (mode C readout, ZPA push):  /ident CR LF [CR LF] STX  data lines  ! CR LF  ETX  BCC
+
+(the ZPA GH305 sends the empty line before STX: tibber-bridge.md §4.2; the grammar allows one).
 
 A push telegram carries no checksum; whatever follows its `!\\r\\n` up to the next `/` is
 junk (the EasyMeter COM-1 gateway appends two lines and 33 x 0xFF). An STX frame ends one

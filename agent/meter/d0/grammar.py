@@ -6,7 +6,8 @@ What it accepts (meters.md §3, §8.1, §8.3; the captures in ../shared/telegram
   `\\W` enhanced-id sequences as text (`/ACE0\\3k260V01.19`, `/ISK5\\2M550T-1012`), then 1-32
   printable characters, spaces included (`/ESY5Q3DA1004 V3.04`), never `/` or `!`;
 * push telegrams: the ident line, one empty line, data lines, `!`; STX/ETX frames: the
-  ident line, STX, data lines, `!` CR LF, ETX, BCC (framing.py);
+  ident line, at most one empty line (the ZPA GH305 sends one: tibber-bridge.md §4.2),
+  STX, data lines, `!` CR LF, ETX, BCC (framing.py);
 * data lines: an optional `A-B:`, a code of two or three groups, each 1-3 digits or one
   letter (`1.8.0`, `C.1.0`, `F.F`, `0.9.1`, `32.7`), an optional `*F` (`*255` is the current
   value, `*96` a historic one, no `*F` the same as `*255`), then 1-8 value groups
@@ -21,8 +22,10 @@ for current values and `C.D.E*F` for historic ones (`1.8.0*96`), so a historic r
 never stands in for the current one; a second line with the same key but another `A-B:` is
 keyed `A-B:C.D.E`. A repeated label is damage (a line sent twice).
 
-The layout is the ident, then per line "label shape unit": the label as sent, the shape of
-each value (number widths `8.7`, any other value with its digits as 9: `M99`), the units.
+The layout is the ident (with a CR LF appended where an empty line comes between it and
+STX: outside the BCC, so a frame that lost it is another layout), then per line "label
+shape unit": the label as sent, the shape of each value (number widths `8.7`, any other
+value with its digits as 9: `M99`), the units.
 One meter configuration always sends one layout; the parser interns it, so the outlets get
 the same tuple object for as long as it stays.
 """
@@ -147,18 +150,25 @@ def _with_layout(t: D0Telegram, layout: tuple[str, ...]) -> D0Telegram:
     return t
 
 
-def data_lines(raw: bytes, stx: bool) -> tuple[bytes, list[bytes]]:
-    """(ident line, data lines) of a frame, or D0Error for a wrong structure."""
+def data_lines(raw: bytes, stx: bool) -> tuple[bytes, bool, list[bytes]]:
+    """(ident line, whether an empty line precedes STX, data lines) of a frame, or D0Error
+    for a wrong structure."""
     if PARITY_ERROR in raw:
         raise D0Error(Reason.PARITY, f"{raw.count(PARITY_ERROR)} byte(s)")
     head = raw.find(_CRLF)
     if head < 0:
         raise D0Error(Reason.STRUCTURE, "no line end after the ident")
     ident = raw[:head]
+    blank = False
     if stx:
-        if raw[head + 2 : head + 3] != bytes([STX]) or raw[-2:-1] != b"\x03":
-            raise D0Error(Reason.STRUCTURE, "STX must follow the ident line, ETX the end")
-        body = raw[head + 3 : -2]
+        at = head + 2
+        blank = raw[at : at + 2] == _CRLF
+        at += 2 if blank else 0
+        if raw[at : at + 1] != bytes([STX]) or raw[-2:-1] != b"\x03":
+            raise D0Error(
+                Reason.STRUCTURE, "STX must follow the ident line or one empty line, ETX the end"
+            )
+        body = raw[at + 1 : -2]
         lead = b"\r\n"  # so the first data line is found like the others
     else:
         if raw[head + 2 : head + 4] != _CRLF:
@@ -170,18 +180,18 @@ def data_lines(raw: bytes, stx: bool) -> tuple[bytes, list[bytes]]:
     body = lead + body
     if not body.endswith(_TAIL) or len(body) <= len(_TAIL):
         raise D0Error(Reason.STRUCTURE, "no CR LF ! CR LF at the end")
-    return ident, body[2 : -len(_TAIL)].split(_CRLF)
+    return ident, blank, body[2 : -len(_TAIL)].split(_CRLF)
 
 
 def parse(raw: bytes, stx: bool, bcc: bool) -> D0Telegram:
     """Parse one frame's text (no interning: tools and tests)."""
-    ident_b, lines = data_lines(raw, stx)
+    ident_b, blank, lines = data_lines(raw, stx)
     if not _IDENT.fullmatch(ident_b):
         raise D0Error(Reason.IDENT, ident_b[:40].decode("ascii", "replace"))
     ident = ident_b.decode("ascii")
     values: dict[str, str] = {}
     labels: set[str] = set()
-    entries: list[str] = [ident]
+    entries: list[str] = [ident + "\r\n" if blank else ident]
     energy: dict[str, Decimal] = {}
     power: dict[str, Decimal] = {}
     volts: dict[str, int] = {}

@@ -7,9 +7,11 @@ reproduces a stream byte for byte. Meter ids are invented, never a real meter's.
   Q3DA1004 capture: 0.0.0, 1.8.0 with 8 + 7 digits of kWh, 21/41/61.7.0 and 1.7.0 in W with
   2 decimals whose sum is exact (as in both EasyMeter captures), the status 96.5.5 and
   96.1.255; optionally the COM-1 gateway's trailer (two lines and 33 x 0xFF) after `!`.
-* SimulatedZpa: a ZPA-like meter pushing STX/ETX frames with a BCC (layout invented: no ZPA
-  capture is available): energy with tariffs, powers whose total is *not* the phases' sum
-  (issue 8: the GH305's differs by several watts), voltages and a clock line (0.9.1).
+* SimulatedZpa: a ZPA-like meter pushing STX/ETX frames with a BCC, an empty line between
+  the ident line and STX as the bridge's GH305 capture shows (tibber-bridge.md §4.2; the
+  data lines are invented, the capture elides them): energy with tariffs, powers whose
+  total is *not* the phases' sum (issue 8: the GH305's differs by several watts), voltages
+  and a clock line (0.9.1).
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class SimulatedZpa:
         self._clock = 12 * 3600
 
     def next_telegram(self) -> bytes:
-        """The next frame's bytes (7-bit): /ident CR LF STX data ! CR LF ETX BCC."""
+        """The next frame's bytes (7-bit): /ident CR LF CR LF STX data ! CR LF ETX BCC."""
         phases = self._load.step()
         added = sum(phases) * MJ_PER_CENTIWATT_SECOND * self.period_s
         self._mj += added
@@ -133,7 +135,7 @@ class SimulatedZpa:
             "!",
         ]
         body = ("\r\n".join(lines) + "\r\n").encode("ascii") + bytes([ETX])
-        return b"/ZPA5SIM305.v100\r\n" + bytes([STX]) + body + bytes([bcc(body)])
+        return b"/ZPA5SIM305.v100\r\n\r\n" + bytes([STX]) + body + bytes([bcc(body)])
 
     def wire(self, text: bytes) -> bytes:
         return encode_7e1(text)

@@ -215,3 +215,39 @@ def test_one_layout_object_while_it_stays() -> None:
     a = parser.parse(only(Q3DA))
     b = parser.parse(D0Frame(only(Q3DA).raw.replace(b"001688.21", b"001688.22"), stx=False))
     assert a.layout is b.layout
+
+
+def _gh305(blank_lines: int, stx: bool = True) -> bytes:
+    """The ZPA GH305's frame shape as the bridge forwards it (tibber-bridge.md §4.2:
+    `/ZPA5GH305.v2-21.00-G\\r\\n\\r\\n\\x021-0:C.1.0*255(1ZPA…)\\r\\n…!\\r\\n\\x03` + BCC); the
+    id is invented, the lines after C.1.0 too (the capture elides them)."""
+    body = b"1-0:C.1.0*255(1ZPA0099000004)\r\n1-0:1.8.0*255(004321.123*kWh)\r\n!\r\n\x03"
+    head = b"/ZPA5GH305.v2-21.00-G\r\n" + b"\r\n" * blank_lines
+    return head + bytes([STX]) + body + bytes([bcc(body)]) if stx else head + body[:-1]
+
+
+def test_the_zpa_gh305_blank_line_before_stx() -> None:
+    """One blank line between the ident line and STX is the GH305's shape; it is part of the
+    layout (outside the BCC, like the ident line), so a frame that lost it is another
+    layout."""
+    t = parse(_gh305(1), True, True)
+    assert t.ident == "/ZPA5GH305.v2-21.00-G" and t.meter_id == "1ZPA0099000004"
+    assert t.energy == {"1.8.0": Decimal("4321.123")}
+    without = parse(_gh305(0), True, True)
+    assert without.values == t.values and without.ident == t.ident
+    assert without.layout != t.layout and without.layout[1:] == t.layout[1:]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _gh305(2),  # a repeated blank line
+        _gh305(1).replace(b"\r\n\r\n\x02", b"\r\n \r\n\x02"),  # a blank line that is not empty
+        _gh305(1).replace(b"\r\n\r\n\x02", b"\r\n\n\x02"),  # its CR lost
+        _gh305(1).replace(b"\r\n\r\n\x02", b"\r\n\r\x02"),  # its LF lost
+    ],
+)
+def test_anything_else_between_the_ident_and_stx_is_refused(raw: bytes) -> None:
+    with pytest.raises(D0Error) as e:
+        parse(raw, True, True)
+    assert e.value.reason is Reason.STRUCTURE

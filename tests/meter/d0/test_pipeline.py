@@ -24,6 +24,7 @@ from agent.meter.d0.simulate import (
 )
 from agent.meter.parity import encode_7e1
 from agent.meter.pipeline import Result
+from agent.meter.protocols import AutoPipeline
 from agent.meter.validation import ADOPT_AFTER, OVERRULE_AFTER, Outcome
 from tests.conftest import Figure
 from tests.harness.paths import split_telegrams
@@ -728,3 +729,51 @@ def test_damage_in_a_few_telegrams_does_not_drop_the_phase_sum() -> None:
     p = D0Pipeline()
     _feed(p, texts)
     assert p.checker.sum_off == set()
+
+
+# -- the ZPA GH305's frame shape (tibber-bridge.md §4.2) ---------------------------------------
+
+
+def _gh305_frames(count: int) -> list[bytes]:
+    """Frames in the shape of the bridge's GH305 capture: ident line, a blank line, STX, the
+    data lines, ETX, BCC. The id and the lines after C.1.0 are invented (the capture elides
+    them); 1.8.0 grows by 1 Wh per frame."""
+    out = []
+    for i in range(count):
+        body = (
+            f"1-0:C.1.0*255(1ZPA0099000004)\r\n1-0:1.8.0*255({4321 + i / 1000:010.4f}*kWh)\r\n"
+            "1-0:16.7.0*255(000169*W)\r\n!\r\n\x03"
+        ).encode()
+        out.append(b"/ZPA5GH305.v2-21.00-G\r\n\r\n\x02" + body + bytes([bcc(body)]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_zpa_gh305_shape_is_published_through_d0_and_auto(seed: int) -> None:
+    """The reviewer's zpa.py: the GH305's blank line before STX was always refused (bad
+    structure). Through the d0 pipeline and through protocol auto, in random reads: the
+    first frame waits for the second, then each is published whole as it arrives."""
+    frames = _gh305_frames(4)
+    for p in (D0Pipeline(), AutoPipeline()):
+        rng = random.Random(seed)
+        reads = [(c, float(i)) for i, f in enumerate(frames) for c in chunks(encode_7e1(f), rng)]
+        results = [r for c, now in reads for r in p.feed(c, now)]
+        assert published(results) == frames
+        assert [len(r.verdict.publish) for r in results] == [0, 2, 1, 1]
+        assert sum(p.rejected.values()) == 0
+
+
+def test_a_gh305_frame_that_lost_its_blank_line_is_not_published() -> None:
+    """The blank line lies outside the BCC: a frame without it (a lost line) is another
+    layout, rejected like any layout change, not published with a changed shape."""
+    frames = _gh305_frames(4)
+    lost = frames[2].replace(b"\r\n\r\n\x02", b"\r\n\x02")
+    p = D0Pipeline()
+    results = _feed(p, [frames[0], frames[1], lost, frames[3]], period=1.0)
+    assert [r.verdict.reason for r in results] == [None, None, Reason.LAYOUT, None]
+    assert published(results) == [frames[0], frames[1], frames[3]]
+
+
+def test_the_simulated_zpa_sends_the_gh305_shape() -> None:
+    frame = SimulatedZpa(random.Random(1)).next_telegram()
+    assert frame.startswith(b"/ZPA5SIM305.v100\r\n\r\n\x02")
