@@ -240,9 +240,13 @@ def _check(path: Path, offline: bool, timeout: float) -> int:
         problems += check_tls(settings.tibber)
         if not problems:
             tibber = settings.tibber
-        port = settings.meter.port
-        if "://" not in port and not os.path.exists(port):
-            problems.append(f"[meter] port: {port} does not exist (is the IR head plugged in?)")
+        for meter in settings.meters:
+            section = f"meter:{meter.name}" if meter.name else "meter"
+            port = meter.port
+            if "://" not in port and not os.path.exists(port):
+                problems.append(
+                    f"[{section}] port: {port} does not exist (is the IR head plugged in?)"
+                )
     except ConfigError as e:
         problems.append(str(e))
     for p in problems:
@@ -250,6 +254,14 @@ def _check(path: Path, offline: bool, timeout: float) -> int:
     if not problems:
         print(
             f"{path}: ok" + (" (the connection to Tibber not tried: --offline)" if offline else "")
+        )
+        for meter in settings.meters:
+            section = f"meter:{meter.name}" if meter.name else "meter"
+            print(f"  [{section}] {meter.port}, protocol {meter.protocol}, node {meter.eui}")
+        print(
+            "  note: Tibber reportedly shows data only for meters it supports for your account "
+            "(a Logarex stream was accepted but never shown); with a meter other than an eBZ "
+            "DD3, ask Tibber whether the Pulse supports it"
         )
     if offline or tibber is None:
         return EX_CONFIG if problems else 0

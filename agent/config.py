@@ -14,7 +14,7 @@ import re
 import stat
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class MeterSettings:
     stale_after: float = 10.0
     protocol: str = "auto"  # one of PROTOCOLS
     parity: str = "even"  # one of PARITIES; text protocols only (SML is 8N1)
+    name: str = ""  # NAME of a [meter:NAME] section; "" for the single [meter]
+    eui: str = ""  # the node this meter reads for ([meter:NAME] eui, else [tibber] eui)
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,15 @@ class LedSettings:
 @dataclass(frozen=True)
 class Settings:
     path: Path
-    meter: MeterSettings
+    meter: MeterSettings  # the first (or only) meter
     tibber: TibberSettings | None  # None only where no uplink is wanted (monitor)
     mirror: MirrorSettings
     led: LedSettings
+    meters: tuple[MeterSettings, ...] = ()  # every meter, in file order (meter first)
+
+    def __post_init__(self) -> None:
+        if not self.meters:
+            object.__setattr__(self, "meters", (self.meter,))
 
 
 # ---------------------------------------------------------------- value parsers
@@ -407,6 +414,9 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
 }
 
 
+_NAMED_METER_SCHEMA = {**_SCHEMA["meter"], "eui": (_hex("16"), REQUIRED)}
+
+
 def load(path: Path, *, need_tibber: bool = True) -> Settings:
     """Read and validate config.ini. Raises ConfigError naming the first problem."""
     parser = configparser.ConfigParser(interpolation=None, strict=True)
@@ -425,20 +435,29 @@ def load(path: Path, *, need_tibber: bool = True) -> Settings:
         first = str(e).splitlines()[0]
         raise ConfigError("config", "", f"{path} cannot be parsed: {first}") from None
 
+    named = [s for s in parser.sections() if s.startswith(NAMED_METER)]
     for section in parser.sections():
-        if section not in _SCHEMA:
-            raise ConfigError(section, "", f"unknown section (known: {', '.join(_SCHEMA)})")
+        schema = _NAMED_METER_SCHEMA if section in named else _SCHEMA.get(section)
+        if schema is None:
+            known = ", ".join([*_SCHEMA, f"{NAMED_METER}NAME"])
+            raise ConfigError(section, "", f"unknown section (known: {known})")
         for key in parser[section]:
-            if key not in _SCHEMA[section]:
+            if key not in schema:
                 raise ConfigError(section, key, "unknown key")
 
     values = {s: _section(parser, s) for s in _SCHEMA}
     base = path.parent
-    meter = MeterSettings(**values["meter"])
+    meters = _named_meters(parser, named) if named else (MeterSettings(**values["meter"]),)
 
     tibber: TibberSettings | None = None
     if need_tibber:
         t = values["tibber"]
+        if named and t["eui"] is not REQUIRED:
+            raise ConfigError(
+                "tibber", "eui", "must be left out with [meter:NAME] sections (each has its eui)"
+            )
+        if named:
+            t["eui"] = meters[0].eui  # the first node's, for what names a single node
         for key, (_, default) in _SCHEMA["tibber"].items():
             if default is REQUIRED and t[key] is REQUIRED:
                 raise ConfigError("tibber", key, "is required but empty")
@@ -449,6 +468,8 @@ def load(path: Path, *, need_tibber: bool = True) -> Settings:
         for key in ("bridge_metrics_template", "node_metrics_template"):
             t[key] = _template(base, key, t[key]) if t[key] else None
         tibber = TibberSettings(**t)
+        if not named:
+            meters = (replace(meters[0], eui=tibber.eui),)
 
     m = values["mirror"]
     m["ca_cert"] = _resolve(base, m["ca_cert"]) if m["ca_cert"] else None
@@ -460,13 +481,49 @@ def load(path: Path, *, need_tibber: bool = True) -> Settings:
         )
     mirror = MirrorSettings(**m)
     led = LedSettings(**values["led"])
-    return Settings(path=path, meter=meter, tibber=tibber, mirror=mirror, led=led)
+    return Settings(
+        path=path, meter=meters[0], tibber=tibber, mirror=mirror, led=led, meters=meters
+    )
 
 
-def _section(parser: configparser.ConfigParser, section: str) -> dict[str, Any]:
+# Several meters on one bridge: [meter:NAME] sections, each with the [meter] keys and the eui of
+# the node it stands in for. They share the bridge's one Tibber connection (two connections
+# with one client id would throw each other off).
+NAMED_METER = "meter:"
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MAX_METERS = 8
+
+
+def _named_meters(parser: configparser.ConfigParser, named: list[str]) -> tuple[MeterSettings, ...]:
+    if parser.has_section("meter"):
+        raise ConfigError("meter", "", "use either [meter] or [meter:NAME] sections, not both")
+    if len(named) > MAX_METERS:
+        raise ConfigError(named[MAX_METERS], "", f"at most {MAX_METERS} meters")
+    meters: list[MeterSettings] = []
+    for section in named:
+        name = section[len(NAMED_METER) :]
+        if not _NAME.fullmatch(name):
+            raise ConfigError(section, "", "NAME must be 1-32 letters, digits, _ or -")
+        values = _section(parser, section, _NAMED_METER_SCHEMA)
+        if values["eui"] is REQUIRED:
+            raise ConfigError(section, "eui", "is required but empty")
+        for other in meters:
+            if values["eui"].lower() == other.eui.lower():
+                raise ConfigError(section, "eui", f"is also [meter:{other.name}]'s")
+            if values["port"] == other.port:
+                raise ConfigError(section, "port", f"is also [meter:{other.name}]'s")
+        meters.append(MeterSettings(name=name, **values))
+    return tuple(meters)
+
+
+def _section(
+    parser: configparser.ConfigParser,
+    section: str,
+    schema: dict[str, tuple[Callable[[str], Any], Any]] | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     raw = parser[section] if parser.has_section(section) else {}
-    for key, (parse, default) in _SCHEMA[section].items():
+    for key, (parse, default) in (schema or _SCHEMA[section]).items():
         text = raw.get(key, "").strip() if raw else ""
         if not text:
             out[key] = default

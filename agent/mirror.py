@@ -45,26 +45,37 @@ class Mirror(MqttLink):
         *,
         node: str = "",
         interval: float = 0.0,
+        meters: Sequence[str] = (),
     ) -> None:
         """node: the agent's own id in the Home Assistant topics (the bridge id);
-        interval: least time between two Home Assistant states ([tibber] obis_interval)."""
+        interval: least time between two Home Assistant states ([tibber] obis_interval);
+        meters: the NAMEs of [meter:NAME] sections, each its own raw topic (topic/NAME) and
+        Home Assistant device; none for the single [meter]."""
         super().__init__(settings.host, settings.port, client_id, 60, on_change, clock=clock)
         self.settings = settings
         self.published = 0
+        agent = node or client_id
         self.discovery = (
-            Discovery(settings.discovery_prefix, node or client_id, interval)
+            Discovery(settings.discovery_prefix, agent, interval)
             if settings.home_assistant
             else None
         )
         self.states_published = 0
-        self._rate = RateLimit(interval)
-        # Meter thread only: the announcement of the layout and meter last seen, and the one
-        # last published with the connection (MqttLink.connects) it was published on.
-        self._layout: tuple[str, ...] | None = None
-        self._meter_id = ""
-        self._current: Announcement | None = None
-        self._announced: Announcement | None = None
-        self._announced_on = 0
+        self.nodes = (
+            [MirrorNode(self, settings.topic, self.discovery, interval)]
+            if not meters
+            else [
+                MirrorNode(
+                    self,
+                    f"{settings.topic}/{name}",
+                    Discovery(settings.discovery_prefix, f"{agent}/{name}", interval, agent)
+                    if settings.home_assistant
+                    else None,
+                    interval,
+                )
+                for name in meters
+            ]
+        )
 
     def tls_context(self) -> ssl.SSLContext | None:
         if self.settings.ca_cert is None:
@@ -107,24 +118,50 @@ class Mirror(MqttLink):
 
     # ------------------------------------------------------------- from the meter thread
     def telegrams(self, batch: Sequence[tuple[Reading, float]]) -> None:
+        """The first (or only) meter's readings; MirrorNode.telegrams for the others."""
+        self.nodes[0].telegrams(batch)
+
+
+class MirrorNode:
+    """One meter on the mirror: its raw topic, its Home Assistant device and rate limit.
+    Meter thread only (that meter's reader hands it readings)."""
+
+    def __init__(
+        self, mirror: Mirror, topic: str, discovery: Discovery | None, interval: float
+    ) -> None:
+        self.mirror = mirror
+        self.topic = topic
+        self.discovery = discovery
+        self._rate = RateLimit(interval)
+        # The announcement of the layout and meter last seen, and the one last published
+        # with the connection (MqttLink.connects) it was published on.
+        self._layout: tuple[str, ...] | None = None
+        self._meter_id = ""
+        self._current: Announcement | None = None
+        self._announced: Announcement | None = None
+        self._announced_on = 0
+
+    def telegrams(self, batch: Sequence[tuple[Reading, float]]) -> None:
+        mirror = self.mirror
         for t, _ in batch:
-            if self.publish(self.settings.topic, t.raw, qos=0):
-                self.published += 1
+            if mirror.publish(self.topic, t.raw, qos=0):
+                mirror.published += 1
         if self.discovery is not None:
             # Rate-limited: of a confirmed pair only the newer one is worth sending.
             for t, _ in batch[-1:] if self._rate.interval > 0 else batch:
                 self._send_state(t)
 
     def _send_state(self, t: Reading) -> None:
-        now = self._clock()
-        if not self.connected or not self._rate.due(now):
+        mirror = self.mirror
+        now = mirror._clock()
+        if not mirror.connected or not self._rate.due(now):
             return
         announcement = self._announcement(t)
         if not self._announce(announcement):
             return
-        if self.publish(announcement.topics.state, announcement.state(t.values), qos=0):
+        if mirror.publish(announcement.topics.state, announcement.state(t.values), qos=0):
             self._rate.take(now)
-            self.states_published += 1
+            mirror.states_published += 1
 
     def _announcement(self, t: Reading) -> Announcement:
         """The announcement of t's layout and meter (the same object while they stay: a
@@ -141,13 +178,13 @@ class Mirror(MqttLink):
         """Discovery documents (retained) for this connection, and removals of the sensors
         the previous layout had and this one has not. False if any could not be queued: the
         state waits, the next reading tries again."""
-        session = self.connects
+        session = self.mirror.connects
         if announcement is self._announced and session == self._announced_on:
             return True
         previous = self._announced
         messages = previous.removals(announcement) if previous is not None else []
         for topic, document in messages + announcement.configs():
-            if not self.publish(topic, document, qos=1, retain=True):
+            if not self.mirror.publish(topic, document, qos=1, retain=True):
                 return False
         self._announced, self._announced_on = announcement, session
         return True

@@ -6,6 +6,7 @@ renders the line that `systemctl status` shows and the pattern the LED blinks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -76,12 +77,13 @@ def status_line(
     tibber_problem: str,
     published: int,
     mirror: LinkState | None = None,
+    meters: Sequence[tuple[str, MeterState]] = (),
 ) -> str:
-    """One human line, e.g. 'meter ok (1234 telegrams, 3 rejected); Tibber connected, 617 sent'."""
-    m = f"meter {meter.health}"
-    if meter.detail and meter.health is not MeterHealth.OK:
-        m += f": {meter.detail}"
-    m += f" ({meter.accepted} telegrams, {meter.rejected} rejected)"
+    """One human line, e.g. 'meter ok (1234 telegrams, 3 rejected); Tibber connected, 617 sent'.
+    With [meter:NAME] sections (`meters`), one 'meter NAME …' part per meter."""
+    m = "; ".join(_meter_part(f"meter {name}", s) for name, s in meters) or _meter_part(
+        "meter", meter
+    )
     if tibber is LinkState.CONNECTED:
         t = f"Tibber connected, {published} sent"
     elif tibber_problem:
@@ -92,3 +94,10 @@ def status_line(
     if mirror is not None:
         line += f"; mirror {mirror}"
     return line
+
+
+def _meter_part(label: str, meter: MeterState) -> str:
+    m = f"{label} {meter.health}"
+    if meter.detail and meter.health is not MeterHealth.OK:
+        m += f": {meter.detail}"
+    return m + f" ({meter.accepted} telegrams, {meter.rejected} rejected)"

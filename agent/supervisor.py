@@ -65,9 +65,17 @@ class Agent:
         self._wake = threading.Event()
         self._stopping = False
         self._crashed: str | None = None
-        self.meter = MeterState()
+        # One reader per meter, each standing in for one node of the bridge; one Tibber
+        # connection for all (two with one client id would throw each other off).
+        self.meters = [MeterState() for _ in settings.meters]
+        self.meter = self.meters[0]
+        named = [m.name for m in settings.meters if m.name]
         self.uplink = TibberUplink(
-            settings.tibber, self.meter, host_info=HostInfoReader(), on_change=self._changed
+            settings.tibber,
+            self.meter,
+            host_info=HostInfoReader(),
+            on_change=self._changed,
+            nodes=[(m.eui, state) for m, state in zip(settings.meters, self.meters, strict=True)],
         )
         self.mirror = (
             Mirror(
@@ -76,14 +84,24 @@ class Agent:
                 self._changed,
                 node=settings.tibber.bridge_id,
                 interval=settings.tibber.obis_interval,
+                meters=named,
             )
             if settings.mirror.enabled
             else None
         )
         self.led = StatusLed(settings.led)
         self.uplink.on_sent = self.led.flicker
-        outlets = [self.uplink] + ([self.mirror] if self.mirror else [])
-        self.reader = MeterReader(settings.meter, self.meter, outlets, on_change=self._changed)
+        self.readers = [
+            MeterReader(
+                m,
+                state,
+                [self.uplink.nodes[i]] + ([self.mirror.nodes[i]] if self.mirror else []),
+                on_change=self._changed,
+                name=f"meter:{m.name}" if m.name else "meter",
+            )
+            for i, (m, state) in enumerate(zip(settings.meters, self.meters, strict=True))
+        ]
+        self.reader = self.readers[0]
 
     def _changed(self) -> None:
         self._wake.set()
@@ -94,18 +112,27 @@ class Agent:
 
     def status(self) -> str:
         u = self.uplink
+        names = [m.name for m in self.settings.meters]
         return status_line(
             self.meter,
             u.state,
             u.problem.text if u.problem else "",
             u.published,
             self.mirror.state if self.mirror else None,
+            meters=list(zip(names, self.meters, strict=True)) if names[0] else (),
+        )
+
+    def meter_health(self) -> MeterHealth:
+        """For the LED: OK only if every meter is (one dark meter must show)."""
+        return next(
+            (m.health for m in self.meters if m.health is not MeterHealth.OK), MeterHealth.OK
         )
 
     def stuck_workers(self, now: float) -> list[str]:
         stuck = []
-        if not self.reader.alive or now - self.meter.heartbeat > STUCK_AFTER:
-            stuck.append("meter")
+        for reader, state in zip(self.readers, self.meters, strict=True):
+            if not reader.alive or now - state.heartbeat > STUCK_AFTER:
+                stuck.append(reader.name)
         for link in (self.uplink, self.mirror):
             if link is not None and link.stuck(now, STUCK_AFTER):
                 stuck.append(link.name)
@@ -134,7 +161,8 @@ class Agent:
         self.uplink.start()
         if self.mirror:
             self.mirror.start()
-        self.reader.start()
+        for reader in self.readers:
+            reader.start()
         # Ready as soon as the workers run: a Pi may boot without internet or meter.
         self.notifier.ready(self.status())
         log.info("tibber-agent running: %s", self.status())
@@ -160,7 +188,7 @@ class Agent:
                 reported_stuck = stuck
                 next_ping = now + interval
                 self.notifier.status(self.status())  # counters, now and then
-            self.led.show(led_pattern(self.meter.health, self.uplink.state))
+            self.led.show(led_pattern(self.meter_health(), self.uplink.state))
             self.notifier.status(self.status())
             wait = (next_ping - now) if interval is not None else STATUS_REFRESH
             self._wake.wait(max(0.0, wait))
@@ -170,12 +198,13 @@ class Agent:
 
     def _steady(self) -> bool:
         """Both ends have worked once: everything start-up imports and builds exists."""
-        return self.meter.health is MeterHealth.OK and self.uplink.state is LinkState.CONNECTED
+        return self.meter_health() is MeterHealth.OK and self.uplink.state is LinkState.CONNECTED
 
     def shutdown(self) -> int:
         self.notifier.stopping()
         log.info("tibber-agent stopping")
-        self.reader.stop(timeout=2.0)
+        for reader in self.readers:
+            reader.stop(timeout=2.0)
         self.uplink.stop(timeout=2.0)
         if self.mirror:
             self.mirror.stop(timeout=1.0)

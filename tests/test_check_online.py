@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from agent.tibber.probe import running_agents
 from tests.conftest import MakeAgent, NotProven
-from tests.harness.agent import BRIDGE_ID, AgentConfig
+from tests.harness.agent import BRIDGE_ID, EUI, AgentConfig
 from tests.harness.broker import TlsBroker, free_port
 from tests.harness.certs import Pki, expired_client, foreign_ca, foreign_client, mismatched_key
 from tests.harness.mqtt_tls_server import MqttTlsServer
@@ -56,6 +56,14 @@ class Checked:
     err: list[str]  # without warnings about agents other tests run on this machine
     warnings: list[str]
     seconds: float
+
+
+# What `check` says about meters other than the eBZ DD3 (issue 8: so a user knows what to ask).
+NOTE = (
+    "  note: Tibber reportedly shows data only for meters it supports for your account "
+    "(a Logarex stream was accepted but never shown); with a meter other than an eBZ "
+    "DD3, ask Tibber whether the Pulse supports it"
+)
 
 
 def run_check(
@@ -106,17 +114,19 @@ def test_check_connects_as_the_bridge_disconnects_and_publishes_nothing(
     port = tls_broker.port
     assert r.code == 0, r
     assert r.err == [], r
-    assert r.out[:2] == [
+    assert r.out[:4] == [
         f"{path}: ok",
+        f"  [meter] {config.meter_port}, protocol auto, node {EUI}",
+        NOTE,
         f"connecting to localhost:{port} as {BRIDGE_ID} (--offline skips this): {THROWN_OFF}",
     ], r.out
-    assert len(r.out) == 3, r.out
+    assert len(r.out) == 5, r.out
     took = re.fullmatch(
         rf"Tibber connected: localhost:{port} accepted client id {BRIDGE_ID} in (\d+\.\d\d) s "
         r"\(disconnected again; nothing published\)",
-        r.out[2],
+        r.out[4],
     )
-    assert took, r.out[2]
+    assert took, r.out[4]
     assert 0 < float(took[1]) < r.seconds, (took[1], r.seconds)
     # The broker's view: the bridge's id, MQTT 3.1.1 (p2), clean session (c1), the agent's
     # keepalive, the client certificate's CN; then DISCONNECT, and nothing in between.
@@ -133,7 +143,11 @@ def test_check_offline_makes_no_connection(config: AgentConfig, tls_broker: TlsB
     mark = tls_broker.log_mark()
     r = run_check(path, "--offline")
     assert (r.code, r.err) == (0, []), r
-    assert r.out == [f"{path}: ok (the connection to Tibber not tried: --offline)"], r.out
+    assert r.out == [
+        f"{path}: ok (the connection to Tibber not tried: --offline)",
+        f"  [meter] {config.meter_port}, protocol auto, node {EUI}",
+        NOTE,
+    ], r.out
     assert_no_connection(tls_broker, mark)
 
 

@@ -791,3 +791,99 @@ def test_nan_in_a_template_is_not_json(tmp_path: Path) -> None:
         (tmp_path / "t.json").write_text(text)
         message = load_error(write(tmp_path, {("tibber", "bridge_metrics_template"): "t.json"}))
         assert "is not JSON" in message and "not a JSON number" in message, message
+
+
+# --- several meters on one bridge ----------------------------------------------------------------
+EUI2 = "0f1e2d3c4b5a6979"
+
+
+def write_meters(tmp_path: Path, meters: str, tibber_eui: bool = False) -> Path:
+    """The valid config with its [meter] replaced by `meters` ([meter:NAME] sections)."""
+    path = write(tmp_path, {})
+    text = path.read_text()
+    if not tibber_eui:
+        text = text.replace(f"eui = {EUI}\n", "")  # only [tibber] has one yet
+    start = text.index("[meter]")
+    end = text.index("[", start + 1)
+    path.write_text(text[:start] + meters + "\n" + text[end:])
+    return path
+
+
+def test_named_meters_each_with_its_eui(tmp_path: Path) -> None:
+    s = load(
+        write_meters(
+            tmp_path,
+            f"[meter:house]\nport = /dev/ttyUSB0\neui = {EUI}\n"
+            f"[meter:heatpump]\nport = socket://10.0.0.7:8888\nprotocol = sml\neui = {EUI2}\n",
+        )
+    )
+    assert [(m.name, m.port, m.protocol, m.eui) for m in s.meters] == [
+        ("house", "/dev/ttyUSB0", "auto", EUI),
+        ("heatpump", "socket://10.0.0.7:8888", "sml", EUI2),
+    ]
+    assert s.meter is s.meters[0] and s.tibber is not None and s.tibber.eui == EUI
+
+
+def test_the_single_meter_is_the_node_of_tibber_eui(tmp_path: Path) -> None:
+    s = load(write(tmp_path, {}))
+    assert [(m.name, m.eui) for m in s.meters] == [("", EUI)] and s.meter is s.meters[0]
+
+
+@pytest.mark.parametrize(
+    ("meters", "tibber_eui", "message"),
+    [
+        (
+            f"[meter]\nport = /dev/ttyUSB1\n[meter:a]\neui = {EUI}\n",
+            False,
+            "[meter]: use either [meter] or [meter:NAME] sections, not both",
+        ),
+        (
+            f"[meter:a]\neui = {EUI}\n",
+            True,
+            "[tibber] eui: must be left out with [meter:NAME] sections (each has its eui)",
+        ),
+        ("[meter:a]\nport = /dev/ttyUSB0\n", False, "[meter:a] eui: is required but empty"),
+        (
+            f"[meter:a]\neui = {EUI}\n[meter:b]\nport = /dev/ttyUSB1\neui = {EUI.upper()}\n",
+            False,
+            "[meter:b] eui: is also [meter:a]'s",
+        ),
+        (
+            f"[meter:a]\neui = {EUI}\n[meter:b]\neui = {EUI2}\n",
+            False,
+            "[meter:b] port: is also [meter:a]'s",
+        ),
+        (
+            f"[meter:a b]\neui = {EUI}\n",
+            False,
+            "[meter:a b]: NAME must be 1-32 letters, digits, _ or -",
+        ),
+        (f"[meter:a]\neui = {EUI}\nbaud = 300\n", False, "[meter:a] baud: unknown key"),
+        ("[meter:a]\neui = 0f1e\n", False, None),
+    ],
+    ids=[
+        "both",
+        "tibber-eui",
+        "no-eui",
+        "same-eui",
+        "same-port",
+        "bad-name",
+        "bad-key",
+        "short-eui",
+    ],
+)
+def test_named_meters_errors_name_section_and_key(
+    tmp_path: Path, meters: str, tibber_eui: bool, message: str | None
+) -> None:
+    got = load_error(write_meters(tmp_path, meters, tibber_eui))
+    if message is None:
+        assert got.startswith("[meter:a] eui: "), got
+    else:
+        assert got == message
+
+
+def test_at_most_eight_meters(tmp_path: Path) -> None:
+    sections = "".join(
+        f"[meter:m{i}]\nport = /dev/ttyUSB{i}\neui = {EUI[:-1]}{i}\n" for i in range(9)
+    )
+    assert load_error(write_meters(tmp_path, sections)) == "[meter:m8]: at most 8 meters"

@@ -140,3 +140,14 @@ def test_every_combination_is_one_line() -> None:
         assert "\n" not in line
         assert line.startswith(f"meter {health}")
         assert f"Tibber {link}" in line
+
+
+def test_status_names_each_of_several_meters() -> None:
+    house = MeterState(health=MeterHealth.OK, accepted=10, rejected=1)
+    heat = MeterState(health=MeterHealth.NO_DATA, detail="no data from the IR head")
+    line = status_line(house, LinkState.CONNECTED, "", 7, meters=[("house", house), ("heat", heat)])
+    assert line == (
+        "meter house ok (10 telegrams, 1 rejected); "
+        "meter heat no data: no data from the IR head (0 telegrams, 0 rejected); "
+        "Tibber connected, 7 sent"
+    )

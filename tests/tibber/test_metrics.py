@@ -239,3 +239,35 @@ def test_the_node_metric_says_which_protocol_the_meter_speaks(protocol: str, mod
     sent = run(sched, until=4, meter=MeterState(protocol=protocol))
     nodes = [p for _, topic, p in sent if topic == TOPICS.node_metric]
     assert nodes and {n["node_status"]["meter_mode"] for n in nodes} == {mode}
+
+
+def test_several_nodes_one_bridge_metric_listing_each_and_a_node_metric_each() -> None:
+    """Two meters on one bridge: the bridge metric lists both nodes (id 1 and 2, each with
+    its own count and how long since it was heard); each node's metric goes to its own
+    topic with its own count and meter_mode."""
+    from agent.tibber.metrics import NodeView
+
+    s = settings(bridge_metric_interval=10.0, node_metric_interval=10.0)
+    sched = MetricSchedule(s, Topics.of(s), PayloadBuilder(s), START)
+    now = START + 10
+    house = MeterState(protocol="ebz", last_accepted=now - 1.5)
+    heat = MeterState(protocol="sml", last_accepted=None)
+    nodes = [
+        NodeView("fedcba9876543210", "t/house/metric", house, Counters(5)),
+        NodeView("fedcba9876543211", "t/heat/metric", heat, Counters(0)),
+    ]
+    sent = {t: json.loads(p) for t, p in sched.due(now, WALL + 10, house, Counters(5), nodes)}
+    listed = sent[TOPICS.bridge_metric]["status"]["nodes"]
+    assert [(n["id"], n["eui"], n["pubcnt"], n["seen"], n["available"]) for n in listed] == [
+        (1, "fedcba9876543210", 5, 2, True),
+        (2, "fedcba9876543211", 0, 10, False),
+    ]
+    assert sent["t/house/metric"]["node_status"]["meter_mode"] == 4
+    assert sent["t/house/metric"]["node_status"]["meter_msg_count_sent"] == 5
+    assert sent["t/heat/metric"]["node_status"]["meter_mode"] == 3
+    assert sent["t/heat/metric"]["node_status"]["meter_msg_count_sent"] == 0
+    # The next interval counts from here, per node.
+    nodes = [NodeView(n.eui, n.topic, n.meter, Counters(n.counters.published + 3)) for n in nodes]
+    again = {t: json.loads(p) for t, p in sched.due(now + 10, WALL + 20, house, Counters(8), nodes)}
+    assert [n["pubcnt"] for n in again[TOPICS.bridge_metric]["status"]["nodes"]] == [3, 3]
+    assert again["t/heat/metric"]["node_status"]["meter_msg_count_sent"] == 3
