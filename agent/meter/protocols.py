@@ -121,10 +121,10 @@ class AutoPipeline:
     def feed(self, wire: bytes, now: float = 0.0) -> list[Result]:
         if self._inner is None:
             self._kept += wire
-            del self._kept[:-KEEP]
             # Only what is new (and a start straddling the previous read) is looked at.
             finding = detect(bytes(self._kept[-(len(wire) + OVERLAP) :]))
             if finding is None:
+                del self._kept[:-KEEP]  # bounded; the read just done is never cut
                 return []
             if finding.protocol == "ebz" and (self._fruitless // EBZ_GIVES_UP_AFTER) % 2:
                 # Turns about: eBZ, generic text, eBZ ... while neither accepts anything.

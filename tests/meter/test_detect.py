@@ -144,3 +144,16 @@ def test_a_start_split_across_reads_is_found_one_byte_at_a_time() -> None:
             out += [t.raw for t in r.verdict.publish]
     direct = [t.raw for r in Pipeline().feed(wire, 0.0) for t in r.verdict.publish]
     assert out == direct and auto.protocol == "ebz"
+
+
+def test_a_first_read_larger_than_what_is_kept_loses_nothing() -> None:
+    """A port reopened after a while may hand over several KiB at once (the adapter's
+    buffer): detection keeps the whole read, so every frame in it is published."""
+    from agent.meter.detect import KEEP
+
+    frames = sml_frames(20)
+    wire = b"".join(frames)
+    assert len(wire) > 2 * KEEP
+    auto = AutoPipeline()
+    got = [t.raw for r in auto.feed(wire, 0.0) for t in r.verdict.publish]
+    assert got == frames
