@@ -217,6 +217,14 @@ class ModeCSession:
             )
         return self._deadline
 
+    def wanted(self, pipeline_wanted: int) -> int:
+        """How many bytes a read should wait for (a tty wakes the reader only once that many
+        have come): one until the readout has started, since an identification must be acted
+        on at once (the meter waits at most 1.5 s for our ACK), the pipeline's wish after."""
+        if self.state is State.READOUT and self._stx:
+            return pipeline_wanted
+        return 1
+
     def port_reopened(self, now: float) -> None:
         """The reader opened the port anew (a replug): whatever was running is lost; the
         port is set to 300 Bd and the schedule goes on."""

@@ -374,6 +374,21 @@ def test_never_stuck_whatever_the_meter_sends(seed: int) -> None:
     assert requests >= slots / (1 + (longest + QUIET_AFTER_FAILURE) / interval) - 1
 
 
+def test_reads_wait_for_single_bytes_until_the_readout_has_started() -> None:
+    # A read sized to the last frame (say 150 bytes) would sit on a 17-byte identification
+    # until its timeout, and the meter stops waiting for our ACK 1.5 s after it.
+    s = ModeCSession(interval=10.0, start=0.0)
+    assert s.wanted(150) == 1
+    s.due(0.0)
+    assert s.wanted(150) == 1
+    s.received(encode_7e1(b"/ISK5MT174-0001\r\n"), 0.5)
+    s.due(0.5 + ACK_DELAY)
+    s.due(1.5)
+    assert s.state is State.READOUT and s.wanted(150) == 1
+    s.received(encode_7e1(b"\x021-0:1.8"), 1.7)
+    assert s.wanted(150) == 150
+
+
 def test_a_reopened_port_goes_back_to_300_baud_and_keeps_the_schedule() -> None:
     s = identified(b"/ISK5MT174-0001\r\n")
     s.due(1.0)
