@@ -41,6 +41,7 @@ class MeterSettings:
     stale_after: float = 10.0
     protocol: str = "auto"  # one of PROTOCOLS
     parity: str = "even"  # one of PARITIES; text protocols only (SML is 8N1)
+    interval: float = 10.0  # protocol = iec: seconds from one readout request to the next
     name: str = ""  # NAME of a [meter:NAME] section; "" for the single [meter]
     eui: str = ""  # the node this meter reads for ([meter:NAME] eui, else [tibber] eui)
 
@@ -161,10 +162,11 @@ BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 # What the meter sends: "ebz" is the eBZ DD3's OBIS text push (D0, 7E1, no checksum, checked
 # by the redundancy of its values); "d0" is any other maker's OBIS text (EasyMeter, Logarex,
 # ZPA: push, with or without STX/ETX and a block check; agent/meter/d0); "sml" is binary
-# SML 1.04 (8N1, CRC per frame), which most modern German meters send, eBZ SML types too.
+# SML 1.04 (8N1, CRC per frame), which most modern German meters send, eBZ SML types too;
+# "iec" is a pull meter asked for a readout every `interval` (IEC 62056-21 mode C).
 # "auto" finds which of them the stream speaks (and the text's parity), logs what it found,
 # and looks again when the stream stops making sense (agent/meter/detect.py).
-PROTOCOLS = ("auto", "ebz", "d0", "sml")
+PROTOCOLS = ("auto", "ebz", "d0", "sml", "iec")
 # How the bytes of a 7E1 text meter arrive: "even" is a USB head's raw 8N1 view, bit 7 the
 # even parity bit, checked per byte; "none" is a network head that strips it and delivers
 # 7-bit bytes (a byte with bit 7 set is then damage).
@@ -374,6 +376,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
         "stale_after": (_seconds(1, 3600), 10.0),
         "protocol": (_one_of(PROTOCOLS), "auto"),
         "parity": (_one_of(PARITIES), "even"),
+        "interval": (_seconds(1, 3600), 10.0),
     },
     "tibber": {
         "mqtt_url": (_host, REQUIRED),

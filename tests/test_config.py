@@ -28,6 +28,7 @@ VALID: dict[str, dict[str, str]] = {
         "protocol": "auto",
         "baudrate": "9600",
         "parity": "even",
+        "interval": "10",
         "stale_after": "10",
     },
     "tibber": {
@@ -164,7 +165,7 @@ def test_protocol_parity_and_sml_suffix(tmp_path: Path) -> None:
     assert (s.meter.protocol, s.meter.parity) == ("sml", "none")
     assert s.tibber is not None and s.tibber.sml_suffix == "SML"
     message = load_error(write(tmp_path, {("meter", "protocol"): "dsmr"}))
-    assert message == "[meter] protocol: must be one of auto, ebz, d0, sml, got 'dsmr'"
+    assert message == "[meter] protocol: must be one of auto, ebz, d0, sml, iec, got 'dsmr'"
 
 
 def test_home_assistant_on_the_mirror(tmp_path: Path) -> None:
@@ -223,6 +224,8 @@ BROKEN: list[tuple[str, str, str]] = [
     ("meter", "protocol", "SML 1.04"),
     ("meter", "parity", "odd"),  # no meter with an IR port uses it
     ("meter", "parity", "7e1"),
+    ("meter", "interval", "0.5"),  # a mode C exchange alone takes longer
+    ("meter", "interval", "1h"),
     ("tibber", "alpn", "x" * 256),  # RFC 7301: at most 255 bytes
     ("tibber", "uid", UID[:-1]),
     ("tibber", "uid", UID + "0"),

@@ -66,6 +66,7 @@ class MeterPort:
             parity=serial.PARITY_NONE,
             stopbits=serial.STOPBITS_ONE,
             timeout=0,
+            write_timeout=2.0,  # a pull meter's request: a stuck adapter is a lost port
             exclusive=True if url.startswith("/") else None,
             do_not_open=True,
         )
@@ -170,6 +171,19 @@ class MeterPort:
         attrs[6][termios.VTIME] = 0
         termios.tcsetattr(self._fd, termios.TCSANOW, attrs)
         self._vmin = vmin
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the meter (a pull meter's request and acknowledgement: a few bytes,
+        which the UART's buffer takes at once). Raises PortLost when the device is gone."""
+        with _device_errors():
+            self._serial.write(data)
+
+    def set_baudrate(self, baudrate: int) -> None:
+        """Switch the line's rate (mode C: 300 baud for the request, the meter's offer for
+        the readout). Raises PortLost when the device is gone."""
+        with _device_errors():
+            if self._serial.baudrate != baudrate:
+                self._serial.baudrate = baudrate
 
     def cancel(self) -> None:
         """Wake a read() blocked in another thread; it raises PortClosed."""

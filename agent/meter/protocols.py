@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import MeterSettings
 from .detect import KEEP, Finding, detect
 from .pipeline import Pipeline, Result
+
+if TYPE_CHECKING:
+    from .modec import ModeCSession
 
 
 class FramerView(Protocol):
@@ -49,11 +52,22 @@ def pipeline_for(settings: MeterSettings) -> MeterPipeline:
         from .sml.pipeline import SmlPipeline  # an eBZ agent never loads the SML code
 
         return SmlPipeline()
-    if settings.protocol == "d0":
-        from .d0.pipeline import D0Pipeline
+    if settings.protocol in ("d0", "iec"):
+        from .d0.pipeline import D0Pipeline  # mode C readouts are STX/ETX D0 frames
 
         return D0Pipeline(parity=settings.parity, baud=settings.baudrate)
     return Pipeline(parity=settings.parity)
+
+
+def session_for(settings: MeterSettings, now: float) -> ModeCSession | None:
+    """A pull meter's session (protocol = iec: IEC 62056-21 mode C); None for push meters."""
+    if settings.protocol != "iec":
+        return None
+    from .modec import ModeCSession
+
+    return ModeCSession(
+        settings.interval, start=now, max_baud=settings.baudrate, parity=settings.parity
+    )
 
 
 class _Nothing:

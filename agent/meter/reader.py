@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import MeterSettings
 from ..schedule import Backoff
@@ -19,9 +19,12 @@ from ..state import MeterHealth, MeterState
 from .pacing import Pacing
 from .pipeline import RejectionLog, Result
 from .port import PORT_ERRORS, MeterPort, PortClosed, PortLost, expected_read_time
-from .protocols import AutoPipeline, MeterPipeline, pipeline_for
+from .protocols import AutoPipeline, MeterPipeline, pipeline_for, session_for
 from .reading import Reading
 from .validation import Outcome
+
+if TYPE_CHECKING:
+    from .modec import ModeCSession  # loaded only for protocol = iec (protocols.session_for)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,12 @@ class MeterReader:
         self.state.port = settings.port
         self.state.protocol = self.pipeline.protocol
         self.state.heartbeat = clock()
+        # A pull meter (mode C) says nothing until asked: the session says when to ask.
+        self.session = session_for(settings, clock())
+        # Nothing valid for this long: reopen. A pull meter answers once per interval.
+        self._stale_after = settings.stale_after
+        if self.session is not None:
+            self._stale_after = max(settings.stale_after, 3 * settings.interval)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -106,6 +115,8 @@ class MeterReader:
                 continue
             self._port = port
             log.info("%s: reading %s", self.name, self.settings.port)
+            if self.session is not None:
+                self.session.port_reopened(self._clock())
             accepted_before = self.state.accepted
             stale = False
             try:
@@ -141,7 +152,7 @@ class MeterReader:
             now = self._clock()
             self.state.heartbeat = now
             last_good = max(opened, self.state.last_accepted or opened)
-            if now - last_good >= self.settings.stale_after:
+            if now - last_good >= self._stale_after:
                 self._set_health(MeterHealth.NO_DATA, f"nothing valid for {now - last_good:.0f} s")
                 log.warning(
                     "%s: no valid telegram for %.0f s; reopening %s",
@@ -155,6 +166,9 @@ class MeterReader:
                     self._set_health(MeterHealth.GARBLED, self._main_rejection())
                 else:
                     self._set_health(MeterHealth.NO_DATA, "no data from the IR head")
+            if self.session is not None:
+                self._pull(port, self.session, now, last_good)
+                continue
             framer = self.pipeline.framer
             wanted = self.pipeline.wanted()
             nap = self._pacing.step(now, framer.pending, wanted, framer.last_length).nap
@@ -166,7 +180,7 @@ class MeterReader:
             elif framer.pending:
                 data = port.read(wanted, expected_read_time(min(wanted, 255)))
             else:
-                timeout = min(IDLE_READ, max(0.05, self.settings.stale_after - (now - last_good)))
+                timeout = min(IDLE_READ, max(0.05, self._stale_after - (now - last_good)))
                 data = port.read(1, timeout)
             if data:
                 was_pending = framer.pending
@@ -180,6 +194,28 @@ class MeterReader:
             line = self.rejections.tick(self._clock())
             if line:
                 log.warning("%s: %s", self.name, line)
+
+    def _pull(self, port: MeterPort, session: ModeCSession, now: float, last_good: float) -> None:
+        """One step of a pull meter: do what the session says (the rate, a request, the
+        acknowledgement), then wait for the meter at most until the session's next deadline;
+        what it sends goes to the session, and what belongs to a readout on to the pipeline."""
+        for action in session.due(now):
+            if action.baud is not None:
+                port.set_baudrate(action.baud)
+            if action.write:
+                port.write(action.write)
+        until = min(session.next_wake(now), last_good + self._stale_after)
+        # Single bytes until the readout has begun (a read sized to the last frame would
+        # sit on the short identification while the meter waits for the acknowledgement).
+        wanted = session.wanted(self.pipeline.wanted())
+        data = port.read(wanted, min(IDLE_READ, max(0.0, until - now)))
+        if data:
+            readout = session.received(data, self._clock())
+            if readout:
+                self.feed(readout)
+        line = self.rejections.tick(self._clock())
+        if line:
+            log.warning("%s: %s", self.name, line)
 
     def feed(self, data: bytes) -> None:
         """Feed bytes through the pipeline and act on each result (also used by `demo`)."""

@@ -45,7 +45,7 @@ def reading_message(topics: Topics, reading: Reading) -> tuple[str, bytes]:
 # The node's meter_mode (its param 27; MARQ-C's enum: 1 IEC 62056-21, 2 Logarex, 3 SML 1.04):
 # 3 is what SML meters' nodes report, 4 what the one eBZ text capture shows (EGY-J); other
 # makers' OBIS text is IEC 62056-21 (D0 push is its mode D): 1, inferred, no capture shows it.
-METER_MODES = {"ebz": 4, "d0": 1, "sml": 3}
+METER_MODES = {"ebz": 4, "d0": 1, "iec": 1, "sml": 3}
 
 
 @dataclass(frozen=True)

@@ -615,6 +615,7 @@ INVALID_KEYS: list[Broken] = [
     _key("meter", "stale_after", "0"),
     _key("meter", "protocol", "dsmr"),
     _key("meter", "parity", "odd"),
+    _key("meter", "interval", "0"),
     _key("tibber", "mqtt_url", "mqtts://example.com:8883"),
     _key("tibber", "mqtt_port", "70000"),
     _key("tibber", "sml_suffix", "sml/raw"),
