@@ -129,8 +129,8 @@ def test_demo_ctrl_c_exits_0():
     assert b"obis_stream" in out
 
 
-def test_monitor_prints_values_and_verdicts(agent_config, pushing_meter):
-    path = agent_config.write()
+def monitor_lines(path, count: int) -> tuple[list[str], int]:
+    """The first `count` lines `monitor` prints, and its exit status after Ctrl-C."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "-c", str(path), "monitor"],
         env=ENV,
@@ -140,11 +140,16 @@ def test_monitor_prints_values_and_verdicts(agent_config, pushing_meter):
         text=True,
     )
     try:
-        lines = [proc.stdout.readline() for _ in range(5)]
+        lines = [proc.stdout.readline() for _ in range(count)]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=5)
-    assert proc.returncode == 0
+    return lines, proc.returncode
+
+
+def test_monitor_prints_values_and_verdicts(agent_config, pushing_meter):
+    lines, code = monitor_lines(agent_config.write(), 5)
+    assert code == 0
     assert lines[0].startswith("monitoring ") and "protocol auto at 9600 baud" in lines[0]
     assert lines[1] == "found OBIS text /EBZ5DD3BZ06ETA_107 (7E1): reading it as protocol ebz\n"
     assert "held" in lines[2] and "1.8.0=005267.0" in lines[2]
@@ -160,19 +165,7 @@ def test_monitor_names_an_sml_meter_and_shows_its_values(agent_config, pty_meter
 
     meter = SimulatedSml(rng=random.Random(9), export_kwh=None)
     pty_meter.start_pushing(meter.next_frame, period=0.5)
-    path = agent_config.write()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "-c", str(path), "monitor"],
-        env=ENV,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        lines = [proc.stdout.readline() for _ in range(3)]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=5)
+    lines, code = monitor_lines(agent_config.write(), 3)
+    assert code == 0
     assert lines[1] == "found SML 1.04 (8N1): reading it as protocol sml\n"
     assert "accepted" in lines[2] and "1.8.0=4500.9" in lines[2] and "16.7.0=" in lines[2]
