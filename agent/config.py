@@ -42,6 +42,9 @@ class MeterSettings:
     protocol: str = "auto"  # one of PROTOCOLS
     parity: str = "even"  # one of PARITIES; text protocols only (SML is 8N1)
     interval: float = 10.0  # protocol = iec: seconds from one readout request to the next
+    # protocol = auto with no baudrate given: other standard rates are tried in turn when
+    # nothing is found at this one (agent/meter/protocols.AutoPipeline.baud)
+    hunt_baud: bool = False
     name: str = ""  # NAME of a [meter:NAME] section; "" for the single [meter]
     eui: str = ""  # the node this meter reads for ([meter:NAME] eui, else [tibber] eui)
 
@@ -451,6 +454,10 @@ def load(path: Path, *, need_tibber: bool = True) -> Settings:
     values = {s: _section(parser, s) for s in _SCHEMA}
     base = path.parent
     meters = _named_meters(parser, named) if named else (MeterSettings(**values["meter"]),)
+    meters = tuple(
+        replace(m, hunt_baud=m.protocol == "auto" and not _given(parser, s, "baudrate"))
+        for m, s in zip(meters, named or ["meter"], strict=True)
+    )
 
     tibber: TibberSettings | None = None
     if need_tibber:
@@ -517,6 +524,10 @@ def _named_meters(parser: configparser.ConfigParser, named: list[str]) -> tuple[
                 raise ConfigError(section, "port", f"is also [meter:{other.name}]'s")
         meters.append(MeterSettings(name=name, **values))
     return tuple(meters)
+
+
+def _given(parser: configparser.ConfigParser, section: str, key: str) -> bool:
+    return bool(parser.get(section, key, fallback="").strip())
 
 
 def _section(

@@ -153,6 +153,14 @@ def test_empty_values_take_the_defaults(tmp_path: Path) -> None:
     assert s.led.gpio == 17
 
 
+def test_the_rate_is_hunted_only_with_auto_and_no_rate_given(tmp_path: Path) -> None:
+    assert load(write(tmp_path, {("meter", "baudrate"): None})).meter.hunt_baud is True
+    assert load(write(tmp_path, {("meter", "baudrate"): ""})).meter.hunt_baud is True
+    assert load(write(tmp_path, {})).meter.hunt_baud is False  # 9600 given
+    changes = {("meter", "baudrate"): "", ("meter", "protocol"): "ebz"}
+    assert load(write(tmp_path, changes)).meter.hunt_baud is False
+
+
 def test_protocol_parity_and_sml_suffix(tmp_path: Path) -> None:
     """Defaults: the protocol found from the stream, a text meter's parity bit checked; the
     values as given, any case."""

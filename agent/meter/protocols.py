@@ -47,7 +47,7 @@ class MeterPipeline(Protocol):
 
 def pipeline_for(settings: MeterSettings) -> MeterPipeline:
     if settings.protocol == "auto":
-        return AutoPipeline(settings.baudrate)
+        return AutoPipeline(settings.baudrate, hunt=settings.hunt_baud)
     if settings.protocol == "sml":
         from .sml.pipeline import SmlPipeline  # an eBZ agent never loads the SML code
 
@@ -87,12 +87,25 @@ OVERLAP = 96
 EBZ_GIVES_UP_AFTER = 2
 
 
+# What protocol = auto tries when nothing is found at the configured rate, most common first:
+# 9600 (eBZ, SML, most push meters), 300 (older D0 meters), then the rest.
+HUNTED_RATES = (9600, 300, 2400, 4800, 19200, 1200, 600, 38400, 57600, 115200)
+
+
 class AutoPipeline:
     """protocol = auto: the stream is kept (bounded) until detect() names its protocol, then
     it all goes to that protocol's pipeline, so the first frame is not lost. Pure."""
 
-    def __init__(self, baudrate: int = 9600) -> None:
+    def __init__(self, baudrate: int = 9600, hunt: bool = False) -> None:
         self.baudrate = baudrate
+        # With `hunt`, every stale reopen that saw only noise tries another rate (a 300 Bd
+        # meter, a head set up for 2400 ...), every other time the home rate: the one last
+        # read well (at first the configured one), so a burst of line noise on a good meter
+        # costs at most one wrong try.
+        self._hunt = hunt
+        self._home = baudrate
+        self._tries = 0
+        self._noise = False  # bytes arrived at this rate and none made sense yet
         self.finding: Finding | None = None
         self._inner: MeterPipeline | None = None
         self._kept = bytearray()
@@ -103,6 +116,14 @@ class AutoPipeline:
     @property
     def protocol(self) -> str:
         return self._inner.protocol if self._inner is not None else "auto"
+
+    @property
+    def baud(self) -> int:
+        """The rate to open the port at now."""
+        if not self._hunt or self._tries % 2 == 0:
+            return self._home
+        others = [r for r in HUNTED_RATES if r != self._home]
+        return others[(self._tries // 2) % len(others)]
 
     @property
     def framer(self) -> FramerView:
@@ -125,11 +146,15 @@ class AutoPipeline:
     def stale(self) -> None:
         """Nothing valid came for stale_after seconds (the reader reopened the port): the
         meter may not be what it was (a head moved to another one). Detect anew."""
-        if self._inner is not None and not self._accepted:
+        if self._inner is None:
+            if self._noise:  # bytes came, and nothing made sense at this rate: the next
+                self._tries += 1
+        elif not self._accepted:
             self._fruitless += 1
         else:
             self._fruitless = 0
         self._inner, self.finding, self._accepted = None, None, False
+        self._noise = False
         self._kept.clear()
 
     def feed(self, wire: bytes, now: float = 0.0) -> list[Result]:
@@ -139,6 +164,7 @@ class AutoPipeline:
             finding = detect(bytes(self._kept[-(len(wire) + OVERLAP) :]))
             if finding is None:
                 del self._kept[:-KEEP]  # bounded; the read just done is never cut
+                self._noise = True
                 return []
             if finding.protocol == "ebz" and (self._fruitless // EBZ_GIVES_UP_AFTER) % 2:
                 # Turns about: eBZ, generic text, eBZ ... while neither accepts anything.
@@ -147,7 +173,7 @@ class AutoPipeline:
                 )
             self.finding = finding
             settings = MeterSettings(
-                protocol=finding.protocol, parity=finding.parity, baudrate=self.baudrate
+                protocol=finding.protocol, parity=finding.parity, baudrate=self.baud
             )
             self._inner = pipeline_for(settings)
             wire, self._kept = bytes(self._kept), bytearray()
@@ -155,4 +181,5 @@ class AutoPipeline:
         if not self._accepted and any(r.verdict.publish for r in results):
             self._accepted = True
             self._fruitless = 0
+            self._home, self._tries = self.baud, 0  # read well here: the home rate now
         return results

@@ -107,7 +107,7 @@ class MeterReader:
         while not self._stop.is_set():
             self.state.heartbeat = self._clock()
             try:
-                port = MeterPort(self.settings.port, self.settings.baudrate)
+                port = MeterPort(self.settings.port, self._baud())
             except PORT_ERRORS as e:
                 self._set_health(MeterHealth.PORT_MISSING, _short(e))
                 backoff.failed()
@@ -117,6 +117,8 @@ class MeterReader:
             log.info("%s: reading %s", self.name, self.settings.port)
             if self.session is not None:
                 self.session.port_reopened(self._clock())
+            if self._baud() != self.settings.baudrate:
+                log.info("%s: nothing found so far; trying %d baud", self.name, self._baud())
             accepted_before = self.state.accepted
             stale = False
             try:
@@ -194,6 +196,12 @@ class MeterReader:
             line = self.rejections.tick(self._clock())
             if line:
                 log.warning("%s: %s", self.name, line)
+
+    def _baud(self) -> int:
+        """The rate to open the port at: protocol auto may be trying another one."""
+        if isinstance(self.pipeline, AutoPipeline):
+            return self.pipeline.baud
+        return self.settings.baudrate
 
     def _pull(self, port: MeterPort, session: ModeCSession, now: float, last_good: float) -> None:
         """One step of a pull meter: do what the session says (the rate, a request, the

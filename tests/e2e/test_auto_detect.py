@@ -46,3 +46,42 @@ def test_a_head_moved_from_an_ebz_to_an_sml_meter(agent_config, start_agent, obs
     assert json.loads(after.payload)["node_status"]["meter_mode"] == 3
     # Nothing of the SML meter ever went out as text, nor text as SML.
     assert all(m.payload.startswith(b"/EBZ") for m in observer.messages if m.topic == TOPIC_OBIS)
+
+
+def test_a_300_baud_meter_is_found_when_no_rate_is_given(
+    agent_config, start_agent, observer, pty_meter
+):
+    """No baudrate in the config: at 9600 the meter's bytes are noise (the pty meter reads
+    the agent's port speed and sends sense only at 300 Bd, as a real line would); after a
+    stale reopen the agent tries 300, finds the eBZ text and publishes it."""
+    import os
+    import termios
+
+    from tests.harness.modec_meter import _SPEEDS
+
+    def agent_speed() -> int | None:
+        name = pty_meter.slave_name
+        if name is None:
+            return None
+        fd = os.open(name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            return _SPEEDS.get(termios.tcgetattr(fd)[5])
+        finally:
+            os.close(fd)
+
+    ebz = SimulatedEbz(rng=random.Random(5))
+    noise = random.Random(6)
+
+    def next_wire() -> bytes:
+        text = encode_7e1(ebz.next_telegram())
+        return text if agent_speed() == 300 else noise.randbytes(len(text) // 32)
+
+    agent_config.meter["stale_after"] = "2"
+    agent_config.tibber["obis_interval"] = "0"
+    agent = start_agent()
+    pty_meter.start_pushing(next_wire, period=1.0)
+    got = observer.wait_count(2, TOPIC_OBIS, timeout=20)
+    assert all(m.payload.startswith(b"/EBZ5DD3BZ06ETA_107\r\n") for m in got)
+    log = agent.log_text()
+    assert "meter: nothing found so far; trying 300 baud" in log, log[-2000:]
+    assert "meter: found OBIS text /EBZ5DD3BZ06ETA_107 (7E1)" in log

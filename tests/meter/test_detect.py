@@ -157,3 +157,31 @@ def test_a_first_read_larger_than_what_is_kept_loses_nothing() -> None:
     auto = AutoPipeline()
     got = [t.raw for r in auto.feed(wire, 0.0) for t in r.verdict.publish]
     assert got == frames
+
+
+def test_with_no_rate_given_auto_tries_the_next_rate_after_noise() -> None:
+    """protocol auto without a baudrate: noise at 9600 through a stale reopen moves on to
+    300, where the meter is found; that rate is then home, tried every other time while
+    noise lasts, so a noise burst costs a good meter at most one wrong try. Silence moves
+    nothing (there is nothing to judge a rate by)."""
+    auto = AutoPipeline(9600, hunt=True)
+    assert auto.baud == 9600
+    auto.stale()  # silent: nothing learnt
+    assert auto.baud == 9600
+    assert auto.feed(bytes(range(256)), 0.0) == []  # what a 300 Bd meter looks like at 9600
+    auto.stale()
+    assert auto.baud == 300
+    published(auto, b"".join(encode_7e1(t) for t in ebz_text(3)), random.Random(1))
+    assert auto.protocol == "ebz"
+    auto.stale()
+    assert auto.baud == 300  # read well at 300: its home rate now
+    tried = []
+    for _ in range(6):  # line noise for a while: every other try is the home rate
+        auto.feed(bytes(range(256)), 0.0)
+        auto.stale()
+        tried.append(auto.baud)
+    assert tried == [9600, 300, 2400, 300, 4800, 300]
+    fixed = AutoPipeline(9600)  # a rate given in the config is never second-guessed
+    fixed.feed(bytes(range(256)), 0.0)
+    fixed.stale()
+    assert fixed.baud == 9600
