@@ -49,6 +49,22 @@ THROWN_OFF = (
 )
 
 
+# `python -m agent` with an audit hook that reports every socket connect the process itself
+# makes (sys.addaudithook, "socket.connect"): what `check` connects to is then known from the
+# process, not guessed from a broker's log, where any other process on the machine (another
+# test's agent retrying a port that was since given to this test's broker) may show up.
+AUDITED = (
+    "import runpy, sys\n"
+    "def hook(event, args):\n"
+    "    if event == 'socket.connect':\n"
+    "        print('AUDIT connect', repr(args[1]), file=sys.stderr, flush=True)\n"
+    "sys.addaudithook(hook)\n"
+    "sys.argv[0] = 'agent'\n"
+    "runpy.run_module('agent', run_name='__main__', alter_sys=True)\n"
+)
+AUDIT = "AUDIT connect "
+
+
 @dataclass(frozen=True)
 class Checked:
     code: int
@@ -56,6 +72,7 @@ class Checked:
     err: list[str]  # without warnings about agents other tests run on this machine
     warnings: list[str]
     seconds: float
+    connects: list[str]  # every address the process connected a socket to
 
 
 # What `check` says about meters other than the eBZ DD3 (issue 8: so a user knows what to ask).
@@ -69,19 +86,20 @@ NOTE = (
 def run_check(
     path: Path, *args: str, wrap: Callable[[list[str]], list[str]] = lambda a: a
 ) -> Checked:
-    argv = wrap([sys.executable, "-m", "agent", "-c", str(path), "check", *args])
+    argv = wrap([sys.executable, "-c", AUDITED, "-c", str(path), "check", *args])
     t0 = time.monotonic()
     r = subprocess.run(
         argv, capture_output=True, text=True, env=ENV, cwd=REPO_ROOT, timeout=30, check=False
     )
     seconds = time.monotonic() - t0
-    err = r.stderr.splitlines()
+    err = [line for line in r.stderr.splitlines() if not line.startswith(AUDIT)]
     return Checked(
         r.returncode,
         r.stdout.splitlines(),
         [line for line in err if not line.startswith(OTHER_AGENT)],
         [line for line in err if line.startswith(OTHER_AGENT)],
         seconds,
+        [line[len(AUDIT) :] for line in r.stderr.splitlines() if line.startswith(AUDIT)],
     )
 
 
@@ -99,7 +117,16 @@ def new_connections(broker: TlsBroker, since: int) -> list[str]:
     return re.findall(r"New connection from \S+ on port", broker.log_text()[since:])
 
 
-def assert_no_connection(broker: TlsBroker, since: int) -> None:
+def assert_no_connect_attempt(r: Checked, broker: TlsBroker) -> None:
+    """`check` tried to connect no socket to the broker's port: its own audit hook says so
+    (test_check_connects_as_the_bridge_... shows the hook sees the connect it makes)."""
+    to_broker = [c for c in r.connects if c.endswith(f", {broker.port})")]
+    assert to_broker == [], r.connects
+
+
+def assert_broker_saw_nothing(broker: TlsBroker, since: int) -> None:
+    """Where `check` tries but cannot get through (no route, a black hole), the broker's
+    own log is the truth: no connection reached it."""
     time.sleep(0.3)  # the process has ended; the broker logs an accept at once
     assert new_connections(broker, since) == [], broker.log_text()[since:]
 
@@ -114,6 +141,7 @@ def test_check_connects_as_the_bridge_disconnects_and_publishes_nothing(
     port = tls_broker.port
     assert r.code == 0, r
     assert r.err == [], r
+    assert [c for c in r.connects if c.endswith(f", {port})")], r.connects  # the hook sees it
     assert r.out[:4] == [
         f"{path}: ok",
         f"  [meter] {config.meter_port}, protocol auto, node {EUI}",
@@ -140,15 +168,15 @@ def test_check_connects_as_the_bridge_disconnects_and_publishes_nothing(
 
 def test_check_offline_makes_no_connection(config: AgentConfig, tls_broker: TlsBroker) -> None:
     path = config.write()
-    mark = tls_broker.log_mark()
     r = run_check(path, "--offline")
+    assert r.connects == [], r.connects  # no socket at all
     assert (r.code, r.err) == (0, []), r
     assert r.out == [
         f"{path}: ok (the connection to Tibber not tried: --offline)",
         f"  [meter] {config.meter_port}, protocol auto, node {EUI}",
         NOTE,
     ], r.out
-    assert_no_connection(tls_broker, mark)
+    assert_no_connect_attempt(r, tls_broker)
 
 
 def test_a_missing_ir_head_does_not_stop_the_connection_test_but_exits_78(
@@ -457,7 +485,7 @@ def test_each_outcome_is_one_line_and_its_exit_status(
     if "--timeout" in setup.args:
         assert r.seconds >= timeout, r.seconds  # the deadline, not an error, ended it
     if case.broker_sees_nothing:
-        assert_no_connection(tls_broker, mark)
+        assert_broker_saw_nothing(tls_broker, mark)
 
 
 def test_the_timeout_must_be_seconds(config: AgentConfig) -> None:
