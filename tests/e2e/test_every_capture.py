@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.e2e.test_sml_path import good_frames
-from tests.harness.agent import BASE, EUI, TOPIC_EVENT
+from tests.e2e.test_sml_path import CAPTURES, good_frames
+from tests.harness.agent import BASE, BRIDGE_ID, EUI, TOPIC_EVENT
 from tests.harness.meter import encode_7e1
 from tests.harness.paths import TELEGRAMS, split_telegrams, telegram_file
 
@@ -33,7 +33,9 @@ def text_telegrams(name: str, indexes: range | list[int]) -> list[bytes]:
 
 
 def sml(name: str) -> list[bytes]:
-    return good_frames(wire(name))
+    frames = good_frames(wire(name))
+    assert [len(f) for f in frames] == CAPTURES[name]  # the oracle agrees with the README
+    return frames
 
 
 # name -> (topic, what Tibber gets, what the log must say about the rest)
@@ -95,7 +97,9 @@ def test_the_table_covers_every_capture() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_a_capture_through_the_live_path(name, agent_config, start_agent, observer, pty_meter):
+def test_a_capture_through_the_live_path(
+    name, agent_config, start_agent, observer, tls_broker, pty_meter
+):
     topic, what, said = EXPECTED[name]
     expected = sml(name) if what == "crc" else text_telegrams(name, what)  # type: ignore[arg-type]
     agent_config.tibber["obis_interval"] = "0"
@@ -105,9 +109,15 @@ def test_a_capture_through_the_live_path(name, agent_config, start_agent, observ
     pty_meter.write_all(wire(name))
     if expected:
         observer.wait_count(len(expected), NODE + topic, timeout=10)
-    time.sleep(1.0)  # anything else would come now
+    time.sleep(0.5)  # anything else would come now
     got = [(m.topic, m.payload) for m in observer.messages if m.topic.startswith(NODE)]
     assert got == [(NODE + topic, p) for p in expected]
+    # QoS and retain as the agent sent them: the broker's log, not a subscriber.
+    sent = [p for p in tls_broker.received_publishes(BRIDGE_ID) if p.topic.startswith(NODE)]
+    sent = [p for p in sent if not p.topic.endswith("/metric")]
+    assert [(p.topic, p.qos, p.retain, p.size) for p in sent] == [
+        (NODE + topic, 1, False, len(p)) for p in expected
+    ]
     agent.stop()  # the rejections still pending are logged on the way out
     log = agent.log_text()
     for reason in said:

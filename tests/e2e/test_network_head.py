@@ -73,7 +73,7 @@ def test_a_network_head_delivering_7bit_text_is_read_and_reconnected(
     """A head that strips the parity bit sends the eBZ's text as 7-bit bytes over TCP:
     protocol auto finds it ("7 bit"), Tibber gets each telegram (blank line removed). The
     head drops the connection: the agent reconnects and readings flow again within 10 s.
-    The head is away for 5 s (connection refused), then back on the same port: again."""
+    The head is away for 3 s (connection refused), then back on the same port: again."""
     meter = SimulatedEbz(rng=random.Random(4))
     sent: dict[bytes, bytes] = {}
 
@@ -98,7 +98,7 @@ def test_a_network_head_delivering_7bit_text_is_read_and_reconnected(
 
         port = head.port
         head.stop()
-        time.sleep(5)
+        time.sleep(3)
         head = TcpHead(next_text, port=port).start()
         t1 = time.monotonic()
         again = observer.wait_count(2, TOPIC_OBIS, timeout=15, after=t1)

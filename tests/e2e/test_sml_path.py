@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from tests.harness.agent import BASE, BRIDGE_ID, EUI, TOPIC_EVENT
-from tests.harness.paths import telegram_file
 
 TOPIC_SML = f"{BASE}/TFD01/{EUI}/sml"
 ESC = b"\x1b\x1b\x1b\x1b"
@@ -58,30 +55,6 @@ def good_frames(stream: bytes) -> list[bytes]:
                 out.append(frame)
         start = stream.find(START, start + 1)
     return out
-
-
-@pytest.mark.parametrize("name", sorted(CAPTURES))
-def test_a_captured_sml_stream_reaches_tibber_frame_for_frame(
-    name, agent_config, start_agent, observer, tls_broker, pty_meter
-):
-    """The dump as the head delivered it (leading partial frames, byte loss, CRC errors),
-    paced at 9600 baud: exactly the frames whose CRC verifies reach Tibber, each byte for
-    byte as received, in order, QoS 1, not retained; nothing else on the sml topic."""
-    stream = bytes.fromhex(telegram_file(name).read_text())
-    expected = good_frames(stream)
-    assert [len(f) for f in expected] == CAPTURES[name]  # the oracle agrees with the README
-    agent_config.meter["protocol"] = "sml"
-    agent_config.tibber["obis_interval"] = "0"
-    start_agent()
-    observer.wait_for(TOPIC_EVENT, timeout=10)  # readings are never queued for later
-    assert pty_meter.wait_opened(10)
-    pty_meter.write(stream, paced=True)
-    observer.wait_count(len(expected), TOPIC_SML, timeout=5)
-    time.sleep(0.5)  # anything more would come now
-    got = [m.payload for m in observer.messages if m.topic == TOPIC_SML]
-    assert got == expected
-    sent = [p for p in tls_broker.received_publishes(BRIDGE_ID) if p.topic == TOPIC_SML]
-    assert [(p.qos, p.retain, p.size) for p in sent] == [(1, False, len(f)) for f in expected]
 
 
 def test_damaged_sml_frames_never_reach_tibber(
