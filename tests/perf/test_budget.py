@@ -18,7 +18,6 @@ Also written to docs/reliability.md by scripts/reliability.py.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import re
@@ -28,6 +27,10 @@ import time
 import pytest
 
 from agent.meter.simulator import SimulatedEbz
+from bench.probes import cpu_ns as _cpu_ns
+from bench.probes import nearest_rank
+from bench.probes import rss_mb as _rss_mb
+from bench.probes import switches as _switches
 from tests.harness.agent import BRIDGE_ID, TOPIC_EVENT, TOPIC_OBIS
 from tests.harness.meter import BYTE_TIME_S, encode_7e1
 from tests.harness.notify import NotifySocket
@@ -65,44 +68,6 @@ WAKEUPS_PER_S = 5.0
 RSS_MB = 30.0
 CPU_PER_TELEGRAM_US = 100.0
 READY_MS = 300.0
-
-
-def _threads(pid: int) -> list[str]:
-    return os.listdir(f"/proc/{pid}/task")
-
-
-def _cpu_ns(pid: int) -> int:
-    total = 0
-    for tid in _threads(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:
-            pass
-    return total
-
-
-def _switches(pid: int) -> int:
-    total = 0
-    for tid in _threads(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
-        except FileNotFoundError:
-            pass
-    return total
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-    return kb / 1024
-
-
-def nearest_rank(values: list[float], q: float) -> float:
-    """The q-quantile by nearest rank: the ceil(q * n)-th smallest value."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def processed(sock: NotifySocket) -> tuple[int, int]:
