@@ -94,7 +94,7 @@ say "Python $base_version: $VENV/bin/python -> $base_real (base $BASE_PYTHON)"
 flock -u 9
 exec 9<&-
 
-"$VENV/bin/ruff" check agent tests scripts
-"$VENV/bin/ruff" format --check agent tests scripts
+"$VENV/bin/ruff" check agent tests scripts bench
+"$VENV/bin/ruff" format --check agent tests scripts bench
 export TIBBER_TEST_RUNNER=run.sh
 exec "$VENV/bin/python" -m pytest "$@"
