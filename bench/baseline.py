@@ -7,7 +7,15 @@ description). run_baseline() starts the three, feeds the pty parity-encoded eBZ 
 1 per second paced like the 9600-baud line, and measures over a window:
 
 * latency from each telegram's last byte to the kernel timestamp of the sender's segment
-  reaching the TLS broker (bench/latency.py), as tests/perf measures the agent;
+  reaching the TLS broker (bench/latency.py), as tests/perf measures the agent. The sender
+  sends what arrived last when its own 2 s clock says so, so a reading's latency is mostly
+  the time from its telegram to the sender's next tick: fixed by the phase between the two
+  clocks, which is arbitrary and, for one start, the same for every reading (one 60 s run
+  at 1.000 s per telegram gave 690 ms for all 31 readings, within 47 ms). So that the mean
+  is the mean over all phases and not one start's accident, the window's telegrams come
+  every 1 s + 1 s / `seconds`: their phase against the sender's clock slides through one
+  whole second over the window (1.7 % fewer telegrams at 60 s, which if anything lowers
+  the baseline's CPU);
 * CPU share and wakeups of the sender and the local broker together (what the agent's one
   process replaces besides reading: issue 10's ratio), and of the reader apart.
 
@@ -40,6 +48,7 @@ from tests.harness.sniffer import TcpSniffer
 
 RAW_TOPIC = "meter/raw"
 PERIOD_S = 1.0  # the eBZ pushes one telegram a second
+TAIL = 2  # telegrams after the window (>= one 2 s sender period), so its last ones fare as any
 MAX_WARMUP = 10  # telegrams sent before giving up on the first reading reaching the broker
 STOP_GRACE_S = 5.0
 STOCK_LOGGING = (
@@ -59,6 +68,7 @@ class BaselineError(RuntimeError):
 class BaselineResult:
     seconds: float  # the measured window
     telegrams: int  # sent in the window
+    period_s: float  # between the window's telegrams (sweep_phase: a little over 1 s)
     published: int  # of those, readings the TLS broker delivered
     latency_ms: tuple[float, ...]  # one per published reading whose segment was seen
     mean_ms: float
@@ -66,16 +76,20 @@ class BaselineResult:
     p99_ms: float
     cpu_share: float  # sender + local broker, of one core
     wakeups_per_s: float  # sender + local broker, context switches of all threads
+    sender_cpu_share: float  # the sender alone (the broker's is the difference)
+    sender_wakeups_per_s: float
     reader_cpu_share: float
     reader_wakeups_per_s: float
 
     def summary(self) -> str:
         return (
-            f"baseline: {self.telegrams} telegrams at 1/s over {self.seconds:.0f} s, "
+            f"baseline: {self.telegrams} telegrams, one per {self.period_s:.3f} s, over "
+            f"{self.seconds:.0f} s, "
             f"{self.published} published, latency mean {self.mean_ms:.0f} ms "
             f"p50 {self.p50_ms:.0f} ms p99 {self.p99_ms:.0f} ms (n={len(self.latency_ms)}); "
             f"sender+broker {self.cpu_share * 100:.3f} % CPU, {self.wakeups_per_s:.1f} "
-            f"wakeups/s; reader {self.reader_cpu_share * 100:.3f} % CPU, "
+            f"wakeups/s (sender {self.sender_cpu_share * 100:.3f} %, "
+            f"{self.sender_wakeups_per_s:.1f}/s); reader {self.reader_cpu_share * 100:.3f} % CPU, "
             f"{self.reader_wakeups_per_s:.1f} wakeups/s"
         )
 
@@ -127,10 +141,15 @@ def run_baseline(
     client_id: str = BRIDGE_ID,
     topic: str = TOPIC_OBIS,
     seed: int = 5,
+    sweep_phase: bool = True,
 ) -> BaselineResult:
     """Run the baseline pipeline against `tls_broker` (the Tibber stand-in, with `pki`'s
     client certificate and the agent's bridge id and obis_stream topic by default) and the
-    plugged pty `meter` for a warm-up and then `seconds` of measurement."""
+    plugged pty `meter` for a warm-up and then `seconds` of measurement. `sweep_phase`
+    (the default) slides the telegrams' phase against the sender's clock over the window
+    (module docstring); without it every telegram comes 1.000 s after the last."""
+    if seconds <= 0:
+        raise ValueError(f"run_baseline: seconds must be positive, not {seconds}")
     workdir.mkdir(parents=True, exist_ok=True)
     started: list[_Process] = []
     local = PlainBroker(workdir / "broker-local", extra_config=STOCK_LOGGING)
@@ -166,6 +185,7 @@ def run_baseline(
         ebz = SimulatedEbz(rng=random.Random(seed))
         sent_at: dict[bytes, float] = {}  # wall clock, the scale of the kernel's timestamps
         tick = time.monotonic()
+        period = PERIOD_S
 
         def send_one() -> bytes:
             nonlocal tick
@@ -177,7 +197,7 @@ def run_baseline(
             key = seconds_key(text)
             assert key is not None  # the simulator always sends 96.8.0
             sent_at[key] = time.time()  # the last byte
-            tick += PERIOD_S
+            tick += period
             time.sleep(max(0.0, tick - time.monotonic()))
             return key
 
@@ -196,19 +216,27 @@ def run_baseline(
             )
 
         sniffer = TcpSniffer(tls_broker.port, tls_broker.client_port(client_id))
-        pipeline, alone = Usage(sender.pid, local.pid or 0), Usage(reader.pid)
-        pipeline.start()
-        alone.start()
+        assert local.pid is not None  # started above
+        pipeline, sender_alone = Usage(sender.pid, local.pid), Usage(sender.pid)
+        reader_alone = Usage(reader.pid)
+        for usage in (pipeline, sender_alone, reader_alone):
+            usage.start()
         window: list[bytes] = []
+        if sweep_phase:
+            period = PERIOD_S + PERIOD_S / seconds
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             window.append(send_one())
-        pipeline.stop()
-        alone.stop()
+        for usage in (pipeline, sender_alone, reader_alone):
+            usage.stop()
         for process in started:
             process.check()
-        # The last telegrams' readings: the sender publishes at most 2 s after they arrive.
-        time.sleep(2 * PERIOD_S + 0.5)
+        # The meter goes on, so the window's last telegrams are superseded or sent at the
+        # sender's next tick as any other (with the line silent, the last one would wait
+        # for a second tick); these are not measured.
+        for _ in range(TAIL):
+            send_one()
+        time.sleep(0.5)  # the last publish reaches the observer
     finally:
         if sniffer is not None:
             sniffer.close()
@@ -224,6 +252,7 @@ def run_baseline(
     return BaselineResult(
         seconds=pipeline.seconds,
         telegrams=len(window),
+        period_s=period,
         published=len(in_window),
         latency_ms=tuple(lat),
         mean_ms=statistics.fmean(lat) if lat else nan,
@@ -231,6 +260,8 @@ def run_baseline(
         p99_ms=nearest_rank(lat, 0.99) if lat else nan,
         cpu_share=pipeline.share,
         wakeups_per_s=pipeline.wakeups_per_s,
-        reader_cpu_share=alone.share,
-        reader_wakeups_per_s=alone.wakeups_per_s,
+        sender_cpu_share=sender_alone.share,
+        sender_wakeups_per_s=sender_alone.wakeups_per_s,
+        reader_cpu_share=reader_alone.share,
+        reader_wakeups_per_s=reader_alone.wakeups_per_s,
     )
