@@ -43,9 +43,9 @@ from tests.harness.broker import HOST, PlainBroker, TlsBroker
 from tests.harness.certs import Pki
 from tests.harness.meter import BYTE_TIME_S, PtyMeter, encode_7e1
 from tests.harness.observer import Observer
-from tests.harness.paths import REPO_ROOT
 from tests.harness.sniffer import TcpSniffer
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the baseline runs from the checkout
 RAW_TOPIC = "meter/raw"
 PERIOD_S = 1.0  # the eBZ pushes one telegram a second
 TAIL = 2  # telegrams after the window (>= one 2 s sender period), so its last ones fare as any
