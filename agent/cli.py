@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__, logs
 from .config import (
@@ -37,13 +37,55 @@ from .schedule import RateLimit
 from .state import MeterState
 from .tibber.metrics import Counters, MetricSchedule
 from .tibber.payloads import PayloadBuilder, Topics, reading_message
-from .tibber.probe import DEFAULT_TIMEOUT
 
 log = logging.getLogger("agent")
 
+# check --timeout's default, DNS to CONNACK: the bound tibber.probe.DEFAULT_TIMEOUT also
+# has. Not imported from there: that would load the probe on every start of the service.
+CHECK_TIMEOUT = 10.0
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse builds a formatter for every option it is given, and the stock one asks
+    shutil for the terminal's width: importing shutil (and zlib, bz2 and lzma with it) on
+    every start of the service, which never prints help. The width is found as shutil
+    finds it."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        width = _terminal_columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns: $COLUMNS, else the terminal's, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """The subcommands' parsers are of this class too (add_subparsers' default)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tibber-agent",
         description="Reads an eBZ DD3 meter's IR head and publishes to Tibber as a Pulse bridge.",
     )
@@ -68,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument(
         "--timeout",
         type=_seconds_argument,
-        default=DEFAULT_TIMEOUT,
+        default=CHECK_TIMEOUT,
         metavar="SECONDS",
         help="for the whole connection attempt: DNS, TCP, TLS, CONNACK "
-        f"(default {DEFAULT_TIMEOUT:g})",
+        f"(default {CHECK_TIMEOUT:g})",
     )
     mon = sub.add_parser("monitor", help="print each telegram's values and verdict; sends nothing")
     mon.add_argument(

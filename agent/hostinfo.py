@@ -11,10 +11,8 @@ import contextlib
 import fcntl
 import logging
 import re
-import shutil
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +86,11 @@ class HostInfoReader:
                 name, _, rest = line.partition(":")
                 if name.strip() == iface:
                     info["rssi"] = int(float(rest.split()[2]))
+        # Only a Wi-Fi Pi gets here, at most once a minute, in the network thread: shutil
+        # and subprocess are loaded then, not on every start of the service.
+        import shutil
+        import subprocess
+
         iw = shutil.which("iw")
         if iw:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
