@@ -121,6 +121,8 @@ def _profile() -> Profile:
         steady_published=6,
         log_records=0,
         handshake_ms={"RSA-2048": 1.8},
+        trimmed_ms=4.5,
+        trimmed_mb=1.2,
     )
 
 
@@ -134,6 +136,8 @@ def test_markdown_states_the_measured_figures_and_calls_the_pi_an_estimate():
     assert "| + paho | 24.5 MB | +14.0 MB |" in text
     assert "| all stages | 69 µs | 420 µs | |" in text
     assert "0 log records" in text
+    assert "agent.tibber.probe, subprocess, shutil" in text
+    assert "they add 4.5 ms and 1.2 MB" in text
     assert "estimated (not measured)" in text
     zero2 = pi_estimate(X86Figures(69, 420, 0.0012, 69, 27.3), 2600)[0]
     assert f"{zero2.slowdown:.0f}x" in text
