@@ -13,6 +13,7 @@ from bench.profile import (
     StartUp,
     X86Figures,
     by_package,
+    least_of,
     markdown,
     parse_importtime,
     pi_estimate,
@@ -62,6 +63,20 @@ def test_packages_sum_self_time_with_their_accelerators():
     rows = parse_importtime(LOG)
     assert by_package(rows, "ready") == [("agent.cli", 400, 1), ("agent.state", 30, 1)]
     assert by_package(rows, "connected") == [("paho", 1050, 3), ("ssl", 30, 2)]
+
+
+def test_several_starts_give_each_module_its_least_time():
+    slower = LOG.replace(
+        "       400 |        430 | agent.cli", "       900 |        930 | agent.cli"
+    )
+    faster = LOG.replace(
+        "        30 |         30 |   agent.state", "        10 |         10 |   agent.state"
+    )
+    rows = least_of([parse_importtime(faster), parse_importtime(slower)])
+    times = {r.module: (r.self_us, r.cumulative_us) for r in rows}
+    assert times["agent.cli"] == (400, 430)
+    assert times["agent.state"] == (10, 10)
+    assert [r.phase for r in rows] == [r.phase for r in parse_importtime(LOG)]
 
 
 def test_pi_estimate_scales_cpu_by_clock_and_per_clock_ratio_and_not_memory():
