@@ -82,8 +82,8 @@ class StartUp:
     ready_uncached_ms: tuple[float, ...]  # PYTHONDONTWRITEBYTECODE=1
     ready_isolated_ms: tuple[float, ...]  # -S -P, bytecode cached: no site hooks
     first_ready_ms: float  # the first start, compiling into an empty bytecode cache
-    bare_interpreter_ms: float  # `python -c pass`, best of STARTS
-    bare_isolated_ms: float  # `python -S -P -c pass`
+    bare_interpreter_ms: float  # exec to `python -c` running, best of STARTS
+    bare_isolated_ms: float  # the same with -S -P
     rss_ready_mb: float  # median over the cached starts, read as READY=1 arrives
     rss_connected_mb: float  # 0.5 s after "connected" in its log
     rss_bare_mb: float  # `python -c` sleeping
@@ -214,19 +214,26 @@ def _start_once(
 
 
 def _bare_interpreter(env: dict[str, str], options: Sequence[str] = ()) -> tuple[float, float]:
-    """(best ms of `python -c pass`, RSS MB of a sleeping `python -c`)."""
-    times = []
-    for _ in range(STARTS):
+    """(best ms from exec to the first line of `python -c` running, as READY=1 is timed;
+    RSS MB of a bare interpreter sleeping)."""
+    code = "import sys, time; print(time.monotonic(), flush=True); time.sleep(float(sys.argv[1]))"
+    times, rss = [], 0.0
+    for n in range(STARTS):
         t0 = time.monotonic()
-        subprocess.run([sys.executable, *options, "-c", "pass"], env=env, check=True, timeout=30)
-        times.append((time.monotonic() - t0) * 1000)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"], env=env)
-    try:
-        time.sleep(0.5)
-        rss = rss_mb(sleeper.pid)
-    finally:
-        sleeper.kill()
-        sleeper.wait(5)
+        child = subprocess.Popen(
+            [sys.executable, *options, "-c", code, "0.5" if n == 0 else "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            times.append((float(child.stdout.readline()) - t0) * 1000)
+            if n == 0:
+                time.sleep(0.2)
+                rss = rss_mb(child.pid)
+        finally:
+            child.wait(10)
     return min(times), rss
 
 
@@ -894,8 +901,9 @@ def markdown(p: Profile, cpu_share: float = 0.0) -> str:
         "PYTHONDONTWRITEBYTECODE=1 as this environment and tests/perf run it"
         f"{'' if not s.checkout_has_bytecode else '; the checkout had agent/__pycache__'}"
         f"); the first start into an empty cache took {s.first_ready_ms:.0f} ms. Of that, "
-        f"{s.bare_interpreter_ms:.0f} ms is this environment's bare interpreter (`python -c "
-        "pass`: its site hooks import many modules, some the agent needs anyway). Without "
+        f"{s.bare_interpreter_ms:.0f} ms is this environment's bare interpreter (exec to "
+        "the first line of `python -c` running: its site hooks import many modules, some "
+        "the agent needs anyway). Without "
         f"them (`python -S -P`, the agent and its packages on PYTHONPATH, as lean as a "
         f"Pi's venv or leaner) READY=1 takes {best_alone:.0f} ms (best of "
         f"{len(s.ready_isolated_ms)}: {', '.join(f'{t:.0f}' for t in s.ready_isolated_ms)} "
