@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import select
 import socket
 import struct
 import threading
@@ -38,10 +40,6 @@ if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
-
-
-def _queue_only(client: object, userdata: object, sock: object) -> None:
-    """paho's on_socket_register_write: nothing to do, its presence is what counts."""
 
 
 def paho():
@@ -64,8 +62,10 @@ NETWORK_RETRY_CAP = 8.0
 STALL = 3.0
 MAX_PENDING = 64
 # The network thread comes back at least this often, which is how the supervisor knows it
-# is alive (paho's select() would otherwise sleep until the next keepalive ping).
-MAX_LOOP_WAIT = 5.0
+# is alive (it would otherwise sleep until the next keepalive ping), and half the
+# supervisor's STUCK_AFTER; with a keepalive of 60 s paho's ping is then due by 70 s, inside
+# the 1.5 x keepalive AWS IoT allows. Each turn is a wakeup: not more often than needed.
+MAX_LOOP_WAIT = 10.0
 # The longest a connection attempt may take before its thread counts as stuck: DNS (the
 # resolver's own timeouts: 5 s x 2 tries per name server by default), a TCP connect per
 # address the broker's name resolves to (connect_timeout each; AWS IoT names resolve to
@@ -123,7 +123,14 @@ def _witnessing_tls_socket() -> type[ssl.SSLSocket]:
 
 
 class MqttLink:
-    """Owns a thread that runs paho's network loop and reconnects with backoff."""
+    """Owns a thread that runs paho's network loop and reconnects with backoff.
+
+    The thread waits on the socket itself (paho's loop_read/loop_write/loop_misc, not
+    loop()), and a message published from another thread is written by that thread at once
+    when the socket is free: a reading costs the meter thread one TLS write and the network
+    thread no wakeup (with loop(), paho wakes it through a socket pair for every message).
+    `_io` makes sure only one thread at a time uses the TLS connection.
+    """
 
     name = "mqtt"
     # paho's bound on the TCP connect and, separately, on the TLS handshake of an attempt.
@@ -156,6 +163,18 @@ class MqttLink:
         # own locks, which its publish() takes too, so a lock held across both deadlocks.
         self._pending: deque[tuple[float, mqtt.MQTTMessageInfo]] = deque()
         self._pending_lock = threading.Lock()
+        # Held while a thread reads or writes the connection (an OpenSSL connection must not
+        # be used by two at once); never waited for outside the network thread.
+        self._io = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()  # stop() and a lost socket wake the thread
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread_id: int | None = None
+        # A publisher that publishes steadily reads the broker's answers (PUBACKs) itself,
+        # when it publishes next: then the network thread does not wake for each of them.
+        # It leaves the socket to the publisher for this long after each publish (0: never).
+        self.read_by_publisher = 0.0
+        self._publisher_reads_until = 0.0
         self.state = LinkState.CONNECTING
         self.problem: Problem | None = None
         self.heartbeat = clock()  # last time the network thread came back from a wait
@@ -181,10 +200,10 @@ class MqttLink:
         self._closing = True
         client = self._client
         if client is not None:
-            # Written from this thread (paho allows it); closing the socket also wakes the
-            # network thread from its select().
+            # Written from this thread if the connection is free, else by the network thread.
             with contextlib.suppress(OSError):
                 client.disconnect()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
         self._set_state(LinkState.STOPPED, None)
@@ -245,13 +264,17 @@ class MqttLink:
         one (it would only deliver stale data later, and grow memory). True if queued."""
         now = self._clock()
         client = self._client
-        if client is None or not self._connected or self._stalled(now):
+        if client is None or not self._connected:
+            return False
+        if self.read_by_publisher and self._unanswered(now):
+            self._read_answers(client)  # the acknowledgements that came meanwhile
+        if self._stalled(now):
             return False
         try:
             info = client.publish(topic, payload, qos=qos, retain=retain)
         except OSError:
-            # paho wakes the network thread through a socket pair; should that fail,
-            # the message is dropped like any other: a network error is not the
+            # paho turns a failed write into a return code; should an OSError escape all
+            # the same, the message is dropped like any other: a network error is not the
             # caller's (the meter thread's) to handle.
             return False
         if info.rc != 0:  # MQTT_ERR_SUCCESS
@@ -260,7 +283,31 @@ class MqttLink:
             if client is not self._client:
                 return False  # dropped with the client replaced meanwhile
             self._pending.append((now, info))
+        if self.read_by_publisher:
+            self._publisher_reads_until = now + self.read_by_publisher
         return True
+
+    def _read_answers(self, client: mqtt.Client) -> None:
+        """Read what the broker sent since (non-blocking), if no other thread is at it."""
+        if not self._io.acquire(blocking=False):
+            return
+        try:
+            if client.socket() is not None:
+                # An acknowledgement may let paho send messages it held back (its in-flight
+                # limit): queued here, written when this thread lets go.
+                client.loop_read()  # a lost connection: see _on_disconnect
+        finally:
+            self._write_and_let_go(client)
+
+    def _unanswered(self, now: float) -> bool:
+        """A message waits long enough for its acknowledgement that, unread, it would count
+        as stalled (or many do): read the broker's answers before judging. Until then they
+        wait in the kernel, so the answers to two readings are read in one go."""
+        with self._pending_lock:
+            pending = self._pending
+            return bool(pending) and (
+                now - pending[0][0] > STALL or len(pending) >= MAX_PENDING // 2
+            )
 
     def _stalled(self, now: float) -> bool:
         """Messages not written (QoS 0) or not acknowledged (QoS 1) for STALL seconds, or
@@ -273,6 +320,7 @@ class MqttLink:
 
     # ------------------------------------------------------------- the network thread
     def _run(self) -> None:
+        self._thread_id = threading.get_ident()
         while not self._stop.is_set():
             self.heartbeat = self._clock()
             if self._client is None:
@@ -290,10 +338,71 @@ class MqttLink:
             client = self._client  # None if the keepalive check just gave up on it
             if client is None:
                 continue
-            rc = client.loop(timeout=max(0.01, min(wait, MAX_LOOP_WAIT)))
-            if rc != paho().MQTT_ERR_SUCCESS and self._client is not None:
-                self._lost(None)
+            rc = self._service(client, max(0.01, min(wait, MAX_LOOP_WAIT)))
+            if rc != paho().MQTT_ERR_SUCCESS and self._client is not None and not self._closing:
+                self._lost(self._log_error)
         self._shutdown()
+
+    def _service(self, client: mqtt.Client, timeout: float) -> int:
+        """Wait up to `timeout` for the broker (or a wake), then read, write and keep alive:
+        paho's loop() without its socket pair."""
+        sock = client.socket()
+        if sock is None:
+            return paho().MQTT_ERR_NO_CONN
+        # A TLS record already decrypted into the socket's buffer does not make it readable.
+        pending = sock.pending() if hasattr(sock, "pending") else 0
+        wlist = [sock] if client.want_write() else []
+        rlist = [sock, self._wake_r]
+        if self._publisher_reads_until > self._clock():
+            # The publisher reads the answers (read_by_publisher). Should it stop, this
+            # thread watches the socket again from its next turn (within MAX_LOOP_WAIT).
+            rlist = [self._wake_r]
+        try:
+            readable, _, _ = select.select(rlist, wlist, [], 0.0 if pending else timeout)
+        except (OSError, ValueError, TypeError):
+            return paho().MQTT_ERR_CONN_LOST  # closed under us (by a write that failed)
+        self.heartbeat = self._clock()
+        if self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 512)
+        with self._io:
+            if client.socket() is None:
+                return paho().MQTT_ERR_CONN_LOST
+            if sock in readable or pending:
+                rc = client.loop_read()
+                if rc or client.socket() is None:
+                    return rc or paho().MQTT_ERR_CONN_LOST
+            if client.want_write():
+                rc = client.loop_write()
+                if rc or client.socket() is None:
+                    return rc or paho().MQTT_ERR_CONN_LOST
+            return client.loop_misc()
+
+    def _write_now(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        """paho's on_socket_register_write, in whichever thread queued a packet: write it
+        now if no other thread uses the connection, else the thread that does writes it
+        when it lets go. Before CONNACK, the network thread writes everything: it reads
+        first, so a TLS 1.3 broker's alert about our certificate is read before our CONNECT
+        could make it reset the connection."""
+        if self._connected and self._io.acquire(blocking=False):
+            self._write_and_let_go(client)
+
+    def _write_and_let_go(self, client: mqtt.Client) -> None:
+        """Outside the network thread, with `_io` held: write what is queued and let go.
+        Whatever is still queued then (the socket's buffer full, or queued by another thread
+        meanwhile, whose write found `_io` taken) is the network thread's to write: it is
+        woken. paho calls _write_now no more until all is written (it is "registered")."""
+        try:
+            if client.socket() is not None and client.want_write():
+                client.loop_write()
+        finally:
+            self._io.release()
+        if client.want_write():
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: it is awake already
+            os.write(self._wake_w, b"w")
 
     def _pause(self, seconds: float) -> bool:
         """Wait out a backoff (up to a minute) in slices, stamping the heartbeat after each:
@@ -347,10 +456,9 @@ class MqttLink:
         with self._pending_lock:
             self._pending.clear()  # what the last client had pending is gone with it
         client.on_socket_close = self._on_socket_close
-        # With this hook set, publish() from another thread only queues the packet and wakes
-        # the network thread, which alone reads and writes the socket (an SSL connection
-        # must not be used by two threads at once).
-        client.on_socket_register_write = _queue_only
+        # With this hook set, paho never writes from publish() itself: _write_now does, under
+        # the connection's lock.
+        client.on_socket_register_write = self._write_now
         self._log_error: str | None = None
         self.configure(client)
         return client
@@ -396,8 +504,14 @@ class MqttLink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         # paho may call this twice for one loss; _lost is idempotent.
-        if client is self._client and not self._closing:
-            self._lost(self._log_error)
+        if client is not self._client or self._closing:
+            return
+        if threading.get_ident() != self._thread_id:
+            # A write from the meter thread failed: the network thread finds the socket
+            # closed and handles the loss (the failure stays on the socket as evidence).
+            self._wake()
+            return
+        self._lost(self._log_error)
 
     def _on_log(self, client, userdata, level, buf: str) -> None:
         if buf.startswith("Received"):
@@ -478,10 +592,10 @@ class MqttLink:
         self._connected = False
         with contextlib.suppress(OSError):
             client.disconnect()
-            # Let the DISCONNECT reach the broker; loop() returns once the socket closes.
+            # Let the DISCONNECT reach the broker; paho closes the socket once it is written.
             deadline = self._clock() + 1.0
             while client.socket() is not None and self._clock() < deadline:
-                client.loop(timeout=0.1)
+                self._service(client, 0.1)
         self._client = None
 
     def _set_state(self, state: LinkState, problem: Problem | None, quiet: bool = False) -> None:

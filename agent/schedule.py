@@ -30,6 +30,12 @@ class RateLimit:
             or now - self._last >= self.interval - self._slack
         )
 
+    def next_due(self) -> float:
+        """From when the next event counts as due (0.0: already)."""
+        if self.interval <= 0 or self._last is None:
+            return 0.0
+        return self._last + self.interval - self._slack
+
     def take(self, now: float) -> bool:
         """True (and counted) if an event may go out now."""
         if self.interval <= 0 or self.due(now):

@@ -103,8 +103,9 @@ class MeterPort:
         ready, _, _ = select.select(watch, [], [], timeout)
         if self._wake is not None and self._wake in ready:
             raise PortClosed
-        if not ready:
-            self._set_vmin(0)  # take what is there, however little
+        # The descriptor is non-blocking (pyserial opens it so): a read takes what is there,
+        # however little, whatever VMIN says; VMIN only decides when select() wakes us. So
+        # VMIN changes only when the size of the reads does: no termios call per telegram.
         data = self._drain(fd)
         if ready and not data:
             # Readable but empty: the device went away (the same test pyserial makes).
@@ -139,7 +140,6 @@ class MeterPort:
         with _device_errors():
             if self._fd is None:
                 return self._serial.read(self._serial.in_waiting)
-            self._set_vmin(0)
             return self._drain(self._fd)
 
     def sleep(self, seconds: float) -> None:

@@ -34,6 +34,9 @@ class FramerView(Protocol):
 class MeterPipeline(Protocol):
     protocol: str
     framer: FramerView
+    # True if the pipeline judges nothing by when bytes arrived (the eBZ: its telegrams carry
+    # the meter's seconds): then the reader may read a telegram late, with the next one.
+    clocked: bool
 
     def wanted(self) -> int: ...
 
@@ -116,6 +119,10 @@ class AutoPipeline:
     @property
     def protocol(self) -> str:
         return self._inner.protocol if self._inner is not None else "auto"
+
+    @property
+    def clocked(self) -> bool:
+        return self._inner is not None and self._inner.clocked
 
     @property
     def baud(self) -> int:

@@ -39,13 +39,21 @@ SILENT_AFTER = 5.0
 class Outlet(Protocol):
     """Where accepted telegrams go: the Tibber uplink, the mirror, a printer.
 
-    Usually one telegram at a time; two when a held telegram is confirmed by the next
-    one. Each comes with the monotonic time it arrived. An outlet handles its own trouble
-    (an MQTT link drops what it cannot send); whatever it raises is a bug and ends the
-    meter thread.
+    Usually one telegram at a time; several when a held telegram is confirmed by the next
+    one, or when one read brought more than one (oldest first: an outlet that takes one
+    reading now and then takes the newest). Each comes with the monotonic time it was read.
+    An outlet handles its own trouble (an MQTT link drops what it cannot send); whatever it
+    raises is a bug and ends the meter thread.
     """
 
     def telegrams(self, batch: Sequence[tuple[Reading, float]]) -> None: ...
+
+
+class Scheduled(Protocol):
+    """An outlet that takes a reading only now and then (a rate limit): it says from when.
+    An outlet without `next_due` takes every telegram."""
+
+    def next_due(self) -> float: ...  # monotonic; 0.0 or less: the next one
 
 
 class MeterReader:
@@ -75,6 +83,8 @@ class MeterReader:
         self._held_at = 0.0
         self._pacing = Pacing()
         self._last_framed = 0.0
+        # Readings of telegrams slept past (pacing.py), handed on with the nap's target.
+        self._unsent: list[tuple[Reading, float]] = []
         self.state.port = settings.port
         self.state.protocol = self.pipeline.protocol
         self.state.heartbeat = clock()
@@ -138,6 +148,7 @@ class MeterReader:
                 port.close()
             # Reopened (lost, or silent for stale_after): the stream restarts mid-telegram.
             self.pipeline.resync()
+            self._unsent.clear()
             if stale and isinstance(self.pipeline, AutoPipeline):
                 self.pipeline.stale()  # the stream made no sense: what is the meter now?
             self._pacing.lost()
@@ -173,7 +184,8 @@ class MeterReader:
                 continue
             framer = self.pipeline.framer
             wanted = self.pipeline.wanted()
-            nap = self._pacing.step(now, framer.pending, wanted, framer.last_length).nap
+            due = self._due() if self.pipeline.clocked else 0.0
+            nap = self._pacing.step(now, framer.pending, wanted, framer.last_length, due).nap
             if nap:
                 port.sleep(nap)
                 data = port.read_now()
@@ -187,15 +199,30 @@ class MeterReader:
             if data:
                 was_pending = framer.pending
                 done_before = framer.frames
-                self.feed(data)
+                self.feed(data, may_hold=self._pacing.skipping if nap else 0)
                 now = self._clock()
                 if framer.frames > done_before:
-                    self._pacing.finished(now, framer.last_length, seen_arriving=not nap)
+                    self._pacing.finished(
+                        now,
+                        framer.last_length,
+                        seen_arriving=not nap,
+                        frames=framer.frames - done_before,
+                    )
                 if framer.pending and (not was_pending or framer.frames > done_before):
                     self._pacing.started(now, framer.pending)
             line = self.rejections.tick(self._clock())
             if line:
                 log.warning("%s: %s", self.name, line)
+
+    def _due(self) -> float:
+        """The earliest time an outlet would take a reading (0.0: the next telegram)."""
+        due = float("inf")
+        for outlet in self.outlets:
+            next_due = getattr(outlet, "next_due", None)
+            if next_due is None:
+                return 0.0  # takes every telegram
+            due = min(due, next_due())
+        return due
 
     def _baud(self) -> int:
         """The rate to open the port at: protocol auto may be trying another one."""
@@ -225,11 +252,23 @@ class MeterReader:
         if line:
             log.warning("%s: %s", self.name, line)
 
-    def feed(self, data: bytes) -> None:
-        """Feed bytes through the pipeline and act on each result (also used by `demo`)."""
+    def feed(self, data: bytes, may_hold: int = 0) -> None:
+        """Feed bytes through the pipeline and act on each result (also used by `demo`).
+
+        `may_hold`: this many telegrams were slept past (pacing.py). If no more than that
+        complete here, their readings wait for the next read, which brings the one the nap
+        was for: an outlet that takes a reading now and then sees them together and takes
+        the newest, rather than the one before, a second old, because it came first."""
         now = self._clock()
-        for result in self.pipeline.feed(data, now):
-            self._handle(result, now)
+        batch, self._unsent = self._unsent, []
+        results = self.pipeline.feed(data, now)
+        for result in results:
+            self._handle(result, now, batch)
+        if 0 < len(results) <= may_hold:
+            self._unsent = batch
+        elif batch:
+            for outlet in self.outlets:
+                outlet.telegrams(batch)
         if self.pipeline.protocol != self.state.protocol:
             self._detected()
 
@@ -246,7 +285,8 @@ class MeterReader:
                 "%s: the stream stopped making sense; detecting the protocol anew", self.name
             )
 
-    def _handle(self, result: Result, now: float) -> None:
+    def _handle(self, result: Result, now: float, batch: list[tuple[Reading, float]]) -> None:
+        """Count and judge one result; what it makes publishable joins `batch`."""
         s = self.state
         s.telegrams_read += 1
         self._last_framed = now
@@ -258,13 +298,11 @@ class MeterReader:
         if verdict.publish:
             # A confirmed held telegram goes out with the time it arrived: outlets drop
             # what has grown too old.
-            batch = [(t, now if t is result.telegram else self._held_at) for t in verdict.publish]
-            s.accepted += len(batch)
+            batch += [(t, now if t is result.telegram else self._held_at) for t in verdict.publish]
+            s.accepted += len(verdict.publish)
             s.last_accepted = now
             volts = verdict.publish[-1].volts.get("32.7.0")
             s.voltage = volts / 10 if volts is not None else None
-            for outlet in self.outlets:
-                outlet.telegrams(batch)
         if verdict.outcome is Outcome.REJECTED:
             s.rejected += 1
             assert verdict.reason is not None

@@ -53,6 +53,10 @@ class TibberUplink(TibberConnection):
         self._wall = wall
         self.metrics = MetricSchedule(settings, self.topics, self.payloads, clock(), host_info)
         self.on_sent: Callable[[], None] = lambda: None  # the LED's flicker
+        if settings.obis_interval > 0:
+            # Readings go out every obis_interval: the meter thread reads each PUBACK when
+            # it publishes next, and the network thread sleeps through them (mqtt.py).
+            self.read_by_publisher = settings.obis_interval + 1.0
         self.published = 0
         self.dropped = 0  # accepted telegrams not sent: offline, stale or stalled link
         self.downlink = 0
@@ -132,6 +136,10 @@ class Node:
             batch = batch[-1:]
         for t, arrived in batch:
             self.uplink._send(self, t, arrived)
+
+    def next_due(self) -> float:
+        """From when this node would send a reading: the reader need not wake before."""
+        return self.rate.next_due()
 
     def counters(self) -> Counters:
         return Counters(self.published)

@@ -23,6 +23,7 @@ from .grammar import D0Error, D0Parser, Reason
 
 class D0Pipeline:
     protocol = "d0"
+    clocked = False  # judges energy growth by arrival gaps: read each frame as it comes
 
     def __init__(
         self, parity: str = "even", checker: D0Checker | None = None, baud: int = BAUD

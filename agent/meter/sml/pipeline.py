@@ -91,6 +91,7 @@ def _text(value: SmlValue) -> str:
 
 class SmlPipeline:
     protocol = "sml"
+    clocked = False  # judges energy growth by arrival gaps too
 
     def __init__(self, checker: SmlChecker | None = None) -> None:
         self.framer = SmlFramer()
