@@ -16,15 +16,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .hostinfo import HostInfoReader
 from .led import StatusLed
 from .meter.reader import MeterReader
-from .mirror import Mirror
 from .state import LinkState, MeterHealth, MeterState, Pattern, led_pattern, status_line
 from .systemd import Notifier
 from .tibber.uplink import TibberUplink
+
+if TYPE_CHECKING:
+    from .mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,11 @@ class Agent:
             on_change=self._changed,
             nodes=[(m.eui, state) for m, state in zip(settings.meters, self.meters, strict=True)],
         )
-        self.mirror = (
-            Mirror(
+        self.mirror: Mirror | None = None
+        if settings.mirror.enabled:
+            from .mirror import Mirror  # and Home Assistant's module: only when enabled
+
+            self.mirror = Mirror(
                 settings.mirror,
                 f"tibber-agent-{settings.tibber.bridge_id}",
                 self._changed,
@@ -86,9 +92,6 @@ class Agent:
                 interval=settings.tibber.obis_interval,
                 meters=named,
             )
-            if settings.mirror.enabled
-            else None
-        )
         self.led = StatusLed(settings.led)
         self.uplink.on_sent = self.led.flicker
         self.readers = [

@@ -31,6 +31,8 @@ NOT_AT_START = {
     "agent.credentials": "check",
     "gpiozero": "the LED thread, once it starts",
     "paho": "the network thread, after READY=1",
+    "agent.mirror": "[mirror] enabled",
+    "agent.homeassistant": "[mirror] home_assistant",
 }
 
 PROBE = """
