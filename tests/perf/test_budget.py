@@ -13,29 +13,32 @@ agent tells systemd (STATUS). Three measurements, each with start-up excluded:
 * a burst: BURST telegrams written as fast as the agent reads them: CPU per telegram;
 * start-up: exec to READY=1.
 
-Also written to docs/reliability.md by scripts/reliability.py.
+The driving and the measuring are bench/scenario.py's, shared with the benchmark
+(`python -m bench`), so the two measure cost one way. Also written to docs/reliability.md
+by scripts/reliability.py.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import re
 import statistics
-import time
 
 import pytest
 
 from agent.meter.simulator import SimulatedEbz
-from bench.probes import cpu_ns as _cpu_ns
 from bench.probes import nearest_rank
-from bench.probes import rss_mb as _rss_mb
-from bench.probes import switches as _switches
-from tests.harness.agent import BRIDGE_ID, TOPIC_EVENT, TOPIC_OBIS
-from tests.harness.meter import BYTE_TIME_S, encode_7e1
-from tests.harness.notify import NotifySocket
-from tests.harness.observer import Message
-from tests.harness.sniffer import Segment, TcpSniffer
+from bench.scenario import (
+    BURST,
+    BURSTS,
+    PacedLine,
+    measure_bursts,
+    measure_steady,
+    processed,
+    ready_times_ms,
+    warm_for_bursts,
+)
+from tests.harness.agent import TOPIC_EVENT, TOPIC_OBIS
 
 pytestmark = pytest.mark.perf
 
@@ -45,10 +48,6 @@ OBIS_INTERVAL = 2  # the default: one reading published per 2 s
 # Seconds of steady state measured: enough for MIN_SAMPLES published readings (PERF_WINDOW
 # may lengthen it, never below that).
 WINDOW = max(float(os.environ.get("PERF_WINDOW", "0")), OBIS_INTERVAL * MIN_SAMPLES + 5.0)
-BURST = 3000  # telegrams; issue 10: a burst of >= 3,000 as fast as the agent reads them
-BURSTS = 3
-SECONDS = re.compile(rb"96\.8\.0\*255\(([0-9A-F]{8})\)")
-COUNTS = re.compile(r"\((\d+) telegrams, (\d+) rejected\)")  # in STATUS
 WATCHDOG_USEC = 30_000_000  # WatchdogSec=30, as in tibber-agent.service
 
 # The budget (developers' brief, "Cheap on a Pi"), except where said.
@@ -70,45 +69,12 @@ CPU_PER_TELEGRAM_US = 100.0
 READY_MS = 300.0
 
 
-def processed(sock: NotifySocket) -> tuple[int, int]:
-    """(accepted, rejected) from the agent's latest STATUS."""
-    for n in reversed(sock.all()):
-        found = COUNTS.search(n.fields.get("STATUS", ""))
-        if found:
-            return int(found[1]), int(found[2])
-    return 0, 0
-
-
 def test_nearest_rank() -> None:
     lat = [float(v) for v in range(1, 101)]
     assert nearest_rank(lat, 0.99) == 99.0  # 99 of 100 samples are <= it
     assert nearest_rank([*lat, 1000.0], 0.99) == 100.0  # n = 101: the 100th smallest
     assert nearest_rank([5.0, 1.0], 0.99) == 5.0
     assert nearest_rank([3.0], 0.5) == 3.0
-
-
-def _latencies(
-    window: list[bytes],
-    sent_at: dict[bytes, float],
-    published: list[Message],
-    segments: list[Segment],
-) -> list[float]:
-    """ms from each published reading's last byte on the line to the kernel handing the
-    agent's segment that carries it to the broker: the first data segment after the last
-    byte, among those no bigger than a reading's PUBLISH (metrics are several times larger;
-    a PINGREQ is a few bytes)."""
-    keys = {
-        SECONDS.search(m.payload)[1]: len(m.payload) for m in published if m.topic == TOPIC_OBIS
-    }
-    out = []
-    for key in window:
-        if key not in keys:
-            continue  # not published: the rate limit's other second
-        t = sent_at[key]
-        after = [s.t for s in segments if s.t > t and keys[key] < s.size < 2 * keys[key] + 200]
-        if after:
-            out.append((min(after) - t) * 1000)
-    return out
 
 
 def test_cost_at_one_telegram_per_second(
@@ -125,54 +91,20 @@ def test_cost_at_one_telegram_per_second(
     agent = start_agent(env=notify_socket.env(watchdog_usec=WATCHDOG_USEC))
     observer.wait_for(TOPIC_EVENT, timeout=10)
     assert pty_meter.wait_opened(10)
-    meter = SimulatedEbz(rng=random.Random(5))
-    sent_at: dict[bytes, float] = {}  # wall clock, the scale of the kernel's timestamps
-
-    def send_one() -> bytes:
-        text = meter.next_telegram()
-        wire = encode_7e1(text)
-        pty_meter.write(wire[:-16])  # paced like the line
-        time.sleep(16 * BYTE_TIME_S)
-        pty_meter.write(wire[-16:], paced=False)
-        key = SECONDS.search(text)[1]
-        sent_at[key] = time.time()  # the last byte
-        return key
-
-    tick = time.monotonic()
-    for _ in range(6):  # warm-up: the agent learns the meter's pace
-        send_one()
-        tick += 1.0
-        time.sleep(max(0.0, tick - time.monotonic()))
-    # The agent's segments to the broker, timestamped by the kernel as they reach it.
-    sniffer = TcpSniffer(tls_broker.port, tls_broker.client_port(BRIDGE_ID))
-    cpu0, sw0, t0 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
-    window: list[bytes] = []
-    try:
-        while time.monotonic() - t0 < WINDOW:
-            window.append(send_one())
-            tick += 1.0
-            time.sleep(max(0.0, tick - time.monotonic()))
-        cpu1, sw1, t1 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
-        rss = _rss_mb(agent.pid)
-        time.sleep(0.3)
-    finally:
-        sniffer.close()
-    lat = _latencies(window, sent_at, observer.messages, sniffer.segments())
-    sent = len(window)
+    # The agent's segments to the broker are timestamped by the kernel as they reach it.
+    steady = measure_steady(
+        agent.pid, PacedLine(pty_meter, seed=5), tls_broker, lambda: observer.messages, WINDOW
+    )
+    lat = list(steady.latency_ms)
+    sent = steady.sent
     # The readings the broker delivered from the window's telegrams, counted apart from the
     # latency samples: a reading whose segment the sniffer missed has no sample.
-    in_window = set(window)
-    published = sum(
-        1
-        for m in observer.messages
-        if m.topic == TOPIC_OBIS
-        and (found := SECONDS.search(m.payload)) is not None
-        and found[1] in in_window
-    )
+    published = steady.published
+    rss = steady.rss_mb
     samples = "" if len(lat) == published else f", {len(lat)} with a latency sample"
-    elapsed = t1 - t0
-    share = (cpu1 - cpu0) / 1e9 / elapsed
-    wakeups = (sw1 - sw0) / elapsed
+    elapsed = steady.span.seconds
+    share = steady.span.share
+    wakeups = steady.span.wakeups_per_s
     p99 = nearest_rank(lat, 0.99) if lat else float("inf")
     how = (
         f"{sent} telegrams at 1/s over {elapsed:.0f} s, obis_interval {OBIS_INTERVAL} "
@@ -235,32 +167,14 @@ def test_cpu_per_telegram_in_a_burst(start_agent, observer, pty_meter, notify_so
     observer.wait_for(TOPIC_EVENT, timeout=10)
     assert pty_meter.wait_opened(10)
     meter = SimulatedEbz(rng=random.Random(6))
-    for _ in range(5):
-        pty_meter.send_telegram(meter.next_telegram())
-        time.sleep(0.9)
-    time.sleep(1.2)  # the counters of the warm-up reach STATUS
+    warm_for_bursts(pty_meter, meter)
     assert processed(notify_socket)[0] >= 4, notify_socket.all()[-1:]
     published0 = len(observer.messages)
 
-    runs: list[tuple[float, int, float, float]] = []  # us per telegram, framed, s, switches
-    for _ in range(BURSTS):
-        wire = b"".join(encode_7e1(meter.next_telegram()) for _ in range(BURST))
-        accepted0, rejected0 = processed(notify_socket)
-        cpu0, sw0, t0 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
-        pty_meter.write_all(wire, timeout=10)
-        deadline = t0 + 60
-        while True:
-            accepted, rejected = processed(notify_socket)
-            framed = accepted - accepted0 + rejected - rejected0
-            # The last one may wait for a successor that only the next burst brings.
-            if framed >= BURST - 1:
-                break
-            assert time.monotonic() < deadline, f"{framed} of {BURST} processed after 60 s"
-            time.sleep(0.005)
-        cpu1, sw1, t1 = _cpu_ns(agent.pid), _switches(agent.pid), time.monotonic()
-        assert rejected == rejected0, f"{rejected - rejected0} clean telegrams rejected"
-        runs.append(((cpu1 - cpu0) / 1e3 / framed, framed, t1 - t0, (sw1 - sw0) / framed))
-        time.sleep(0.6)  # the next STATUS settles the counts of this burst
+    runs = [
+        (r.us_per_telegram, r.framed, r.seconds, r.wakeups_per_telegram)
+        for r in measure_bursts(agent.pid, pty_meter, meter, notify_socket, BURSTS, BURST)
+    ]
     per_telegram_us = statistics.median(r[0] for r in runs)
     published = sum(m.topic == TOPIC_OBIS for m in observer.messages[published0:])
     figure(
@@ -283,13 +197,7 @@ def test_cpu_per_telegram_in_a_burst(start_agent, observer, pty_meter, notify_so
 def test_ready_within_300_ms(start_agent, notify_socket, figure):
     """READY=1 after exec: as soon as the config is valid and the workers run (no network,
     no meter needed). Best of three starts, since the first pays for a cold page cache."""
-    times = []
-    for n in range(1, 4):
-        t0 = time.monotonic()
-        agent = start_agent(env=notify_socket.env())
-        ready = notify_socket.wait_count(n, "READY", "1", timeout=10)[-1]
-        times.append((ready.t - t0) * 1000)
-        agent.stop()
+    times = ready_times_ms(lambda: start_agent(env=notify_socket.env()), notify_socket, 3)
     best = min(times)
     figure(
         fault="budget: READY=1 after exec",
