@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -735,6 +735,15 @@ def method(r: Results) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ main
+def code_of_run() -> CodeState:
+    """The checkout's state, leaving out the report this run (re)writes: its output, not the
+    code it measured."""
+    state = code_state(ROOT)
+    report = str(REPORT.relative_to(ROOT))
+    kept = tuple(c for c in state.changed if c[3:].strip() != report)
+    return replace(state, changed=kept)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -764,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     say(f"agent: {shlex.join(agent.entry)}: {agent.origin}; {agent.python}")
 
-    code_before = code_state(ROOT)
+    code_before = code_of_run()
     watch = ProcessWatch().start()
     workdir = Path(tempfile.mkdtemp(prefix="tibber-bench-"))
     try:
@@ -793,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = Report(
             command=command,
             code_before=code_before,
-            code_after=code_state(ROOT),
+            code_after=code_of_run(),
             machine=machine(sys.executable),
             activity=activity,
             finished=datetime.datetime.now(datetime.UTC),
