@@ -24,31 +24,25 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def switches_by_kind(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of all the process's threads so far."""
+    voluntary = involuntary = 0
+    for tid in threads(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        involuntary += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return voluntary, involuntary
+
+
 def switches(pid: int) -> int:
     """Voluntary + involuntary context switches of all the process's threads so far."""
-    total = 0
-    for tid in threads(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
-        except FileNotFoundError:
-            pass
-    return total
-
-
-def per_thread(pid: int) -> dict[int, tuple[int, int]]:
-    """tid -> (CPU ns, context switches), to see which thread a cost belongs to."""
-    out = {}
-    for tid in threads(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                ns = int(f.read().split()[0])
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                sw = sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
-        except FileNotFoundError:
-            continue
-        out[int(tid)] = (ns, sw)
-    return out
+    return sum(switches_by_kind(pid))
 
 
 def rss_mb(pid: int) -> float:

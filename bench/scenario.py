@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from agent.meter.simulator import SimulatedEbz
 from bench.latency import latencies_ms, published_readings, seconds_key
-from bench.probes import cpu_ns, nearest_rank, rss_mb, threads
+from bench.probes import cpu_ns, nearest_rank, rss_mb, switches_by_kind
 from tests.harness.agent import BRIDGE_ID, TOPIC_OBIS, AgentProcess
 from tests.harness.broker import TlsBroker
 from tests.harness.meter import BYTE_TIME_S, PtyMeter, encode_7e1
@@ -95,23 +95,6 @@ class PacedLine:
     def rest(self) -> None:
         """The line falls silent: the next push() starts a new clock."""
         self._tick = None
-
-
-# ------------------------------------------------------------------------------ counters
-def switches_by_kind(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of all the process's threads so far."""
-    voluntary = involuntary = 0
-    for tid in threads(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches"):
-                        voluntary += int(line.split()[1])
-                    elif line.startswith("nonvoluntary_ctxt_switches"):
-                        involuntary += int(line.split()[1])
-        except FileNotFoundError:
-            pass  # a thread that ended meanwhile
-    return voluntary, involuntary
 
 
 @dataclass(frozen=True)

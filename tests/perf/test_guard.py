@@ -37,7 +37,7 @@ from agent.meter.reader import MeterReader
 from agent.meter.simulator import SimulatedEbz
 from agent.state import MeterState
 from agent.tibber.uplink import TibberUplink
-from bench.probes import threads
+from bench.probes import switches_by_kind, threads
 from tests.harness.agent import TOPIC_EVENT, TOPIC_OBIS
 from tests.harness.broker import TlsBroker
 from tests.harness.certs import Pki
@@ -281,23 +281,6 @@ def test_work_per_telegram_is_counted(
     if growth > LEAK_BLOCKS:
         failures.append(f"{growth} blocks more after {LEAK_TELEGRAMS} telegrams")
     assert not failures, failures
-
-
-# ------------------------------------------------------------------ wakeups
-def switches_by_kind(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of all the process's threads so far."""
-    voluntary = involuntary = 0
-    for tid in threads(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches"):
-                        voluntary += int(line.split()[1])
-                    elif line.startswith("nonvoluntary_ctxt_switches"):
-                        involuntary += int(line.split()[1])
-        except FileNotFoundError:
-            pass  # a thread that ended meanwhile
-    return voluntary, involuntary
 
 
 def per_thread_voluntary(pid: int) -> dict[str, int]:
