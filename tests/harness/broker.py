@@ -103,8 +103,8 @@ class _Broker:
     def _listener_lines(self) -> list[str]:
         raise NotImplementedError
 
-    def _probe(self) -> None:
-        """Raise OSError unless the broker is accepting clients."""
+    def _probe(self) -> int:
+        """Raise OSError unless the broker is accepting clients; return the probe's local port."""
         raise NotImplementedError
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -151,6 +151,7 @@ class _Broker:
 
     def _spawn_and_wait(self, timeout: float) -> None:
         self._write_config()
+        mark = len(self.log_text()) if self.log_path.exists() else 0
         with self.log_path.open("ab") as logf:  # append: the log spans restarts
             self._proc = subprocess.Popen(
                 ["mosquitto", "-c", str(self.conf_path)],
@@ -169,10 +170,22 @@ class _Broker:
                     f"{self.name} exited with {rc} during startup:\n{self.log_text()}"
                 )
             try:
-                self._probe()
-                return
+                probe_port = self._probe()
             except OSError:
                 time.sleep(0.01)
+                continue
+            # The broker logs the probe's connection and its close when it gets to them, which
+            # can be after the probe returns: wait for both, or a test's log mark taken next
+            # would count the probe as a client of its own (CI saw exactly that). A broker
+            # that refuses the probe's certificate (a CRL) logs one line, without the port.
+            self.wait_for_log(
+                rf"New connection from {re.escape(HOST)}:{probe_port} on port {self.port}\.\n"
+                r"(?:.*\n)*?.*Client <unknown> (?:closed its connection|disconnected)"
+                rf"|Client connection from {re.escape(HOST)} failed: ",
+                timeout=max(deadline - time.monotonic(), 1.0),
+                since=mark,
+            )
+            return
         self.kill()
         raise BrokerError(f"{self.name} not ready after {timeout} s:\n{self.log_text()}")
 
@@ -333,15 +346,15 @@ class TlsBroker(_Broker):
         ctx.load_cert_chain(str(self.pki.client_crt), str(self.pki.client_key))
         return ctx
 
-    def _probe(self) -> None:
+    def _probe(self) -> int:
         # Ready means a full handshake with our client cert works, not just a bound port.
         # ssl.SSLError and socket.timeout are OSErrors, so the start loop retries them.
         ctx = self.client_context()
         with (
             socket.create_connection((HOST, self.port), timeout=1.0) as raw,
-            ctx.wrap_socket(raw, server_hostname=HOST),
+            ctx.wrap_socket(raw, server_hostname=HOST) as tls,
         ):
-            pass
+            return tls.getsockname()[1]
 
 
 class PlainBroker(_Broker):
@@ -352,6 +365,6 @@ class PlainBroker(_Broker):
     def _listener_lines(self) -> list[str]:
         return ["allow_anonymous true"]  # 2.x refuses anonymous clients without it
 
-    def _probe(self) -> None:
-        with socket.create_connection((HOST, self.port), timeout=1.0):
-            pass
+    def _probe(self) -> int:
+        with socket.create_connection((HOST, self.port), timeout=1.0) as raw:
+            return raw.getsockname()[1]
