@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from agent.config import LedSettings
 from agent.led import FLICKER, PATTERNS, StatusLed
 from agent.state import Pattern
+from tests.harness.paths import REPO_ROOT
 
 PIN = 17
 
@@ -104,16 +108,18 @@ def test_active_low_inverts_the_pin(gpio_mock):
     status.stop()
 
 
-def test_no_gpio_disables_the_led_with_one_warning(monkeypatch, caplog):
-    """Off a Pi (no pin factory can load) the LED is disabled with one warning, no crash."""
+def test_no_pin_factory_disables_the_led_with_one_warning(monkeypatch, caplog, tmp_path):
+    """A GPIO device is there but no pin factory can drive it (here: a file named like one,
+    no lgpio, not a Pi): gpiozero tries its factories, the LED is disabled with one warning."""
     from gpiozero import Device
 
+    (tmp_path / "gpiochip0").touch()
     monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
     saved = Device.pin_factory
     Device.pin_factory = None
     try:
         with caplog.at_level(logging.WARNING):
-            status = StatusLed(LedSettings(enabled=True, gpio=PIN, active_high=True))
+            status = StatusLed(LedSettings(enabled=True, gpio=PIN, active_high=True), dev=tmp_path)
             status.start()
             status.show(Pattern.OK)
             status.flicker()
@@ -123,3 +129,41 @@ def test_no_gpio_disables_the_led_with_one_warning(monkeypatch, caplog):
         Device.pin_factory = saved
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "led: disabled" in warnings[0].getMessage()
+
+
+NO_GPIO = """
+import logging, sys, time
+from pathlib import Path
+from agent.config import LedSettings
+from agent.led import StatusLed
+from agent.state import Pattern
+logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+status = StatusLed(LedSettings(enabled=True, gpio=17, active_high=True), dev=Path(sys.argv[1]))
+status.start()
+status.show(Pattern.OK)
+status.flicker()
+time.sleep(0.2)
+status.stop()
+print("gpiozero imported" if "gpiozero" in sys.modules else "gpiozero not imported")
+"""
+
+
+def test_no_gpio_device_disables_the_led_without_loading_gpiozero(tmp_path):
+    """Off a Pi (no gpiochip, no gpiomem, no GPIOZERO_PIN_FACTORY) the LED is disabled with
+    one warning naming what is missing, and gpiozero is never imported: trying each of its pin
+    factories would keep about 3.5 MB resident for nothing (issue 10's memory goal)."""
+    env = {k: v for k, v in os.environ.items() if k != "GPIOZERO_PIN_FACTORY"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_GPIO, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"led: disabled, GPIO17 not usable here (no {tmp_path}/gpiochip* or "
+        f"{tmp_path}/gpiomem*: not a Pi?)",
+        "gpiozero not imported",
+    ], done.stdout + done.stderr
