@@ -687,7 +687,8 @@ def method(r: Results) -> list[str]:
     items = [
         "The agent's config.ini is the shipped one with only the broker, its port, the ids and "
         "the credentials' file names replaced; the LED stays enabled as shipped (where no "
-        "GPIO exists the agent switches it off and logs why, above). It gets NOTIFY_SOCKET "
+        "GPIO exists the agent switches it off without loading gpiozero and logs why, above; "
+        "what a Pi's LED adds to memory is in the profile's layers). It gets NOTIFY_SOCKET "
         f"and WATCHDOG_USEC={WATCHDOG_USEC} as under the unit's WatchdogSec=30, and none of "
         "the harness's settings (no pin factory, no PYTHONPATH unless it is the checkout's "
         "agent).",

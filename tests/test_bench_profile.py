@@ -3,10 +3,13 @@ the doc's text (the measurements themselves run in `python -m bench.profile`).""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench.profile import (
     BOARDS,
+    LED_LAYER,
     MemoryLayer,
     Profile,
     Stage,
@@ -17,6 +20,7 @@ from bench.profile import (
     markdown,
     parse_importtime,
     pi_estimate,
+    x86_figures,
 )
 
 LOG = """\
@@ -157,3 +161,18 @@ def test_markdown_states_the_measured_figures_and_calls_the_pi_an_estimate():
     zero2 = pi_estimate(X86Figures(69, 420, 0.0012, 69, 27.3), 2600)[0]
     assert f"{zero2.slowdown:.0f}x" in text
     assert f"about {zero2.cpu_share * 100:.1f} % on the Raspberry Pi Zero 2 W" in text
+
+
+def test_a_pis_memory_includes_the_led_layer_this_machine_does_not_load():
+    """Off a Pi the agent never imports gpiozero, so the benchmark's RSS lacks it; the Pi
+    estimate adds what the LED's layer measured, and the text says how much."""
+    with_led = _profile()
+    with_led = dataclasses.replace(
+        with_led,
+        memory=(*with_led.memory, MemoryLayer(LED_LAYER, 28.0)),
+    )
+    assert x86_figures(_profile()).rss_mb == pytest.approx(27.3)
+    assert x86_figures(with_led).rss_mb == pytest.approx(27.3 + 3.5)
+    text = markdown(with_led)
+    assert "on a Pi its layer above adds 3.5 MB" in text
+    assert "| ≈ 31 MB |" in text  # 27.3 + 3.5, not scaled
