@@ -27,7 +27,6 @@ logging.
 from __future__ import annotations
 
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -35,19 +34,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.meter.simulator import SimulatedEbz
-from bench.latency import latencies_ms, published_readings, seconds_key
+from bench.latency import latencies_ms, published_readings
 from bench.probes import Usage, nearest_rank
+from bench.scenario import PERIOD_S, PacedLine
 from tests.harness.agent import BRIDGE_ID, TOPIC_OBIS
 from tests.harness.broker import HOST, PlainBroker, TlsBroker
 from tests.harness.certs import Pki
-from tests.harness.meter import BYTE_TIME_S, PtyMeter, encode_7e1
+from tests.harness.meter import PtyMeter
 from tests.harness.observer import Observer
 from tests.harness.sniffer import TcpSniffer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the baseline runs from the checkout
 RAW_TOPIC = "meter/raw"
-PERIOD_S = 1.0  # the eBZ pushes one telegram a second
 TAIL = 2  # telegrams after the window (>= one 2 s sender period), so its last ones fare as any
 MAX_WARMUP = 10  # telegrams sent before giving up on the first reading reaching the broker
 STOP_GRACE_S = 5.0
@@ -182,29 +180,14 @@ def run_baseline(
             reader.check()
             raise BaselineError(f"the baseline reader did not open {meter.link} within 10 s")
 
-        ebz = SimulatedEbz(rng=random.Random(seed))
-        sent_at: dict[bytes, float] = {}  # wall clock, the scale of the kernel's timestamps
-        tick = time.monotonic()
-        period = PERIOD_S
-
-        def send_one() -> bytes:
-            nonlocal tick
-            text = ebz.next_telegram()
-            wire = encode_7e1(text)
-            meter.write(wire[:-16])  # paced like the line
-            time.sleep(16 * BYTE_TIME_S)
-            meter.write(wire[-16:], paced=False)
-            key = seconds_key(text)
-            assert key is not None  # the simulator always sends 96.8.0
-            sent_at[key] = time.time()  # the last byte
-            tick += period
-            time.sleep(max(0.0, tick - time.monotonic()))
-            return key
+        # The same paced line the agent is measured with: its last-byte times are taken as
+        # the last bytes go out (wall clock, the scale of the kernel's timestamps).
+        line = PacedLine(meter, seed, PERIOD_S)
 
         # Warm-up: until the first reading has gone all the way, so the window measures a
         # running pipeline (both clients connected and subscribed), not its start.
         for _ in range(MAX_WARMUP):
-            send_one()
+            line.push()
             for process in started:
                 process.check()
             if published_readings(observer.messages, topic):
@@ -223,10 +206,10 @@ def run_baseline(
             usage.start()
         window: list[bytes] = []
         if sweep_phase:
-            period = PERIOD_S + PERIOD_S / seconds
+            line.period = PERIOD_S + PERIOD_S / seconds
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
-            window.append(send_one())
+            window.append(line.push())
         for usage in (pipeline, sender_alone, reader_alone):
             usage.stop()
         for process in started:
@@ -235,7 +218,7 @@ def run_baseline(
         # sender's next tick as any other (with the line silent, the last one would wait
         # for a second tick); these are not measured.
         for _ in range(TAIL):
-            send_one()
+            line.push()
         time.sleep(0.5)  # the last publish reaches the observer
     finally:
         if sniffer is not None:
@@ -247,12 +230,12 @@ def run_baseline(
 
     published = published_readings(observer.messages, topic)
     in_window = [key for key in window if key in published]
-    lat = latencies_ms(window, sent_at, published, sniffer.segments())
+    lat = latencies_ms(window, line.sent_at, published, sniffer.segments())
     nan = float("nan")
     return BaselineResult(
         seconds=pipeline.seconds,
         telegrams=len(window),
-        period_s=period,
+        period_s=line.period,
         published=len(in_window),
         latency_ms=tuple(lat),
         mean_ms=statistics.fmean(lat) if lat else nan,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import datetime
 import os
 import shlex
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -494,6 +495,31 @@ def wait_connected(process: AgentProcess, observer: Observer, meter: PtyMeter) -
         raise BenchError(f"the agent did not open {meter.link}; log: {process.log_path}")
 
 
+@contextlib.contextmanager
+def connected_agent(
+    agent: AgentUnderTest,
+    broker: TlsBroker,
+    observer: Observer,
+    pki: Pki,
+    directory: Path,
+    watchdog_usec: int,
+) -> Iterator[tuple[BlackBoxAgent, PtyMeter, NotifySocket]]:
+    """An agent started on a plugged pty of its own, connected and reading; stopped after."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (
+        PtyMeter(directory / "ttyIR") as meter,
+        NotifySocket(f"bench-{directory.name}") as sock,
+    ):
+        meter.plug()
+        config = agent_config(directory / "agent", meter, broker, pki)
+        process = start_agent(agent, config, sock, watchdog_usec)
+        try:
+            wait_connected(process, observer, meter)
+            yield process, meter, sock
+        finally:
+            process.stop()
+
+
 def steady_and_silent(
     results: Results,
     agent: AgentUnderTest,
@@ -503,13 +529,13 @@ def steady_and_silent(
     workdir: Path,
     seconds: float | None,
 ) -> None:
-    with PtyMeter(workdir / "ttyIR-steady") as meter, NotifySocket("bench") as sock:
-        meter.plug()
-        config = agent_config(workdir / "agent-steady", meter, broker, pki)
-        exec_t = time.monotonic()
-        process = start_agent(agent, config, sock, WATCHDOG_USEC)
+    exec_t = time.monotonic()
+    with connected_agent(agent, broker, observer, pki, workdir / "steady", WATCHDOG_USEC) as (
+        process,
+        meter,
+        _,
+    ):
         try:
-            wait_connected(process, observer, meter)
             line = PacedLine(meter, seed=SEED)
             # The default run's window ends 10 minutes after exec, where RSS is read.
             window = seconds if seconds is not None else FULL_S - (time.monotonic() - exec_t)
@@ -530,8 +556,6 @@ def steady_and_silent(
                 f"the agent ended during the run; its log ({process.log_path}):\n"
                 + process.log_text()[-2000:]
             ) from e
-        finally:
-            process.stop()
 
 
 def bursts(
@@ -542,12 +566,12 @@ def bursts(
     pki: Pki,
     workdir: Path,
 ) -> None:
-    with PtyMeter(workdir / "ttyIR-burst") as meter, NotifySocket("bench-burst") as sock:
-        meter.plug()
-        config = agent_config(workdir / "agent-burst", meter, broker, pki)
-        process = start_agent(agent, config, sock, BURST_WATCHDOG_USEC)
+    with connected_agent(agent, broker, observer, pki, workdir / "burst", BURST_WATCHDOG_USEC) as (
+        process,
+        meter,
+        sock,
+    ):
         try:
-            wait_connected(process, observer, meter)
             say(f"{BURSTS} bursts of {BURST} telegrams ...")
             line = PacedLine(meter, seed=SEED + 1)
             warm_for_bursts(meter, line.ebz)
@@ -560,8 +584,6 @@ def bursts(
             )
         except MeasurementError as e:
             results.errors.append(f"CPU per telegram in a burst: {e}")
-        finally:
-            process.stop()
 
 
 def startups(
