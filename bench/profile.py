@@ -441,6 +441,9 @@ def measure_memory(config: Path, cache: Path) -> list[MemoryLayer]:
     stdlib = [m for m in added if m and m.split(".")[0] not in ours]
     layers = []
     script = _LAYERS.replace("LED_LAYER", repr(LED_LAYER))
+    # Once to fill the bytecode cache (compiling a module costs memory its import does not
+    # keep, as an installed agent, compiled by pip, never pays), then measured.
+    run(script, str(config), ",".join(stdlib))
     for line in run(script, str(config), ",".join(stdlib)).splitlines():
         mb, _, what = line.partition("\t")
         layers.append(MemoryLayer(what, float(mb)))
