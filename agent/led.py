@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import LedSettings
@@ -29,15 +29,9 @@ FLICKER = 0.08
 
 
 class StatusLed:
-    def __init__(
-        self,
-        settings: LedSettings,
-        *,
-        dev: Path = Path("/dev"),
-        env: Mapping[str, str] = os.environ,
-    ) -> None:
+    def __init__(self, settings: LedSettings, *, dev: Path = Path("/dev")) -> None:
         self._settings = settings
-        self._dev, self._env = dev, env
+        self._dev = dev
         self._led = None
         self._pattern = Pattern.OFF
         self._flicker = False
@@ -73,7 +67,7 @@ class StatusLed:
 
     def _run(self) -> None:
         # gpiozero is imported and the pin opened here, off the start-up path (READY=1).
-        led = self._led = _open_led(self._settings, self._dev, self._env)
+        led = self._led = _open_led(self._settings, self._dev)
         if led is None:
             return
         try:
@@ -112,9 +106,9 @@ def _set(led, lit: bool) -> None:
         led.value = lit
 
 
-def _open_led(settings: LedSettings, dev: Path, env: Mapping[str, str]):
+def _open_led(settings: LedSettings, dev: Path):
     """A gpiozero LED, or None with one warning (not a Pi, no permission, no GPIO)."""
-    if "GPIOZERO_PIN_FACTORY" not in env and not _has_gpio(dev):
+    if "GPIOZERO_PIN_FACTORY" not in os.environ and not _has_gpio(dev):
         # Without a GPIO device gpiozero would import and try each of its pin factories in
         # turn before failing: about 3.5 MB of resident memory kept for nothing (issue 10).
         log.warning(

@@ -384,8 +384,9 @@ def led_layer_mb(layers: Sequence[MemoryLayer]) -> float:
     return 0.0
 
 
-# What each layer adds, in a fresh interpreter (-S -P). argv: the config, then the
-# standard library modules the agent's modules import, loaded first as a layer of its own.
+# What each layer adds, in a fresh interpreter (-S -P). argv: the config, the standard
+# library modules the agent's modules import (loaded first as a layer of its own), and the
+# LED layer's name.
 _LAYERS = """
 import importlib, pathlib, sys
 def rss():
@@ -408,7 +409,7 @@ from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory
 Device.pin_factory = MockFactory()
 led = LED(17, initial_value=False)
-out.append((LED_LAYER, rss()))
+out.append((sys.argv[3], rss()))
 for what, mb in out:
     print(f"{mb:.2f}\\t{what}")
 """
@@ -440,11 +441,11 @@ def measure_memory(config: Path, cache: Path) -> list[MemoryLayer]:
     ours = ("agent", "serial", "sdnotify")
     stdlib = [m for m in added if m and m.split(".")[0] not in ours]
     layers = []
-    script = _LAYERS.replace("LED_LAYER", repr(LED_LAYER))
+    argv = (_LAYERS, str(config), ",".join(stdlib), LED_LAYER)
     # Once to fill the bytecode cache (compiling a module costs memory its import does not
     # keep, as an installed agent, compiled by pip, never pays), then measured.
-    run(script, str(config), ",".join(stdlib))
-    for line in run(script, str(config), ",".join(stdlib)).splitlines():
+    run(*argv)
+    for line in run(*argv).splitlines():
         mb, _, what = line.partition("\t")
         layers.append(MemoryLayer(what, float(mb)))
     return layers
